@@ -1,0 +1,370 @@
+"""Gradient-flow calculus on any ``nn.Module``.
+
+Under gradient flow dθ/dt = −g(θ), with g = ∇L and H = ∇²L (spec/paper.md §1.4):
+
+- (E2) dL/dt        = −‖g‖²
+- (E3) d‖θ‖²/dt     = −2 θᵀg
+- (E4) d²‖θ‖²/dt²   = 2‖g‖² + 2 θᵀHg
+- (E5) d‖g‖²/dt     = −2 gᵀHg
+
+Each holds for the whole θ and, coordinate-wise, for any subset p of it (θ_p, g_p, (Hg)_p).
+
+Everything here is functional (``torch.func``): parameters are name-keyed dicts ``{name:
+tensor}`` as in ``model.named_parameters()``, never positions. The model is evaluated in eval
+mode (BatchNorm uses running statistics), so a dataset average over several batches, weighted
+by batch size, equals the value on one big batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+
+Params = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]
+#: A parameter subset: parameter name -> boolean mask of that parameter's shape (or ``None``
+#: for the whole tensor). Names absent from the mapping are not in the subset.
+Subset = Mapping[str, Tensor | None]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The training objective evaluated on logits z and targets y, averaged over samples.
+
+    - ``cross_entropy``: L = mean_i CE(z_i / T, y_i)
+    - ``mse``: L = mean_i ½‖z_i / T − onehot(y_i)‖² (or ``y_i`` itself when it is a float
+      tensor of the logits' shape)
+    """
+
+    kind: Literal["cross_entropy", "mse"] = "cross_entropy"
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("cross_entropy", "mse"):
+            raise ValueError(f"unknown loss {self.kind!r}; use 'cross_entropy' or 'mse'")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+
+    def __call__(self, logits: Tensor, target: Tensor) -> Tensor:
+        z = logits / self.temperature
+        if self.kind == "cross_entropy":
+            return nn.functional.cross_entropy(z, target)
+        if target.is_floating_point() and target.shape == z.shape:
+            t = target
+        else:
+            t = nn.functional.one_hot(target, z.shape[-1]).to(z.dtype)
+        return 0.5 * ((z - t) ** 2).sum(dim=-1).mean()
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore each submodule's flag afterwards."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+def trainable_params(model: nn.Module) -> Params:
+    """θ as a name-keyed dict of detached tensors (only parameters with ``requires_grad``)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _buffers(model: nn.Module) -> Params:
+    return {n: b for n, b in model.named_buffers()}
+
+
+def _weights(batches: Sequence[Batch]) -> list[float]:
+    sizes = [len(y) for _, y in batches]
+    total = sum(sizes)
+    if total == 0:
+        raise ValueError("no samples: the list of batches is empty")
+    return [s / total for s in sizes]
+
+
+def _batch_loss_fn(
+    model: nn.Module, loss: LossSpec, x: Tensor, y: Tensor
+) -> Callable[[Params], Tensor]:
+    buffers = _buffers(model)
+
+    def f(params: Params) -> Tensor:
+        logits = functional_call(model, (params, buffers), (x,), strict=False)
+        return loss(logits, y)
+
+    return f
+
+
+def _resolve(model: nn.Module, params: Params | None) -> Params:
+    return trainable_params(model) if params is None else params
+
+
+def _axpy(acc: Params | None, w: float, v: Params) -> Params:
+    if acc is None:
+        return {k: w * t for k, t in v.items()}
+    for k, t in v.items():
+        acc[k] = acc[k] + w * t
+    return acc
+
+
+def rebatch(batches: Sequence[Batch], batch_size: int) -> list[Batch]:
+    """Concatenate batches and split them again into chunks of ``batch_size`` samples.
+
+    In eval mode the batch-size-weighted average of any per-batch mean is unchanged, so this
+    only trades memory for speed (few large batches vectorise better than many small ones).
+    """
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]
+
+
+def dataset_loss(
+    model: nn.Module, batches: Sequence[Batch], loss: LossSpec, params: Params | None = None
+) -> Tensor:
+    """L(θ) = Σ_b (n_b/N) L_b(θ): the loss on all samples, evaluated in eval mode."""
+    params = _resolve(model, params)
+    with eval_mode(model), torch.no_grad():
+        total = None
+        for w, (x, y) in zip(_weights(batches), batches):
+            value = w * _batch_loss_fn(model, loss, x, y)(params)
+            total = value if total is None else total + value
+    assert total is not None
+    return total
+
+
+def gradient(
+    model: nn.Module, batches: Sequence[Batch], loss: LossSpec, params: Params | None = None
+) -> Params:
+    """g = ∇_θ L = Σ_b (n_b/N) ∇_θ L_b, by ``torch.func.grad``."""
+    params = _resolve(model, params)
+    acc: Params | None = None
+    with eval_mode(model):
+        for w, (x, y) in zip(_weights(batches), batches):
+            acc = _axpy(acc, w, grad(_batch_loss_fn(model, loss, x, y))(params))
+    assert acc is not None
+    return acc
+
+
+def hvp(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss: LossSpec,
+    vector: Params,
+    params: Params | None = None,
+) -> tuple[Params, Params]:
+    """(g, Hv) with Hv = Σ_b (n_b/N) ∇²L_b · v, by forward-over-reverse ``jvp(grad(L))``.
+
+    One pass returns the gradient as well, since ``jvp`` evaluates the primal ``grad(L)``.
+    """
+    params = _resolve(model, params)
+    tangent = {k: vector[k].to(params[k].dtype) for k in params}
+    g_acc: Params | None = None
+    hv_acc: Params | None = None
+    with eval_mode(model):
+        for w, (x, y) in zip(_weights(batches), batches):
+            g_b, hv_b = jvp(grad(_batch_loss_fn(model, loss, x, y)), (params,), (tangent,))
+            g_acc = _axpy(g_acc, w, g_b)
+            hv_acc = _axpy(hv_acc, w, hv_b)
+    assert g_acc is not None and hv_acc is not None
+    return g_acc, hv_acc
+
+
+def hvp_double_backward(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss: LossSpec,
+    vector: Params,
+    params: Params | None = None,
+) -> Params:
+    """Hv = ∇_θ (∇_θL · stopgrad(v)) by double backward (``torch.autograd``); a cross-check."""
+    params = _resolve(model, params)
+    acc: Params | None = None
+    names = list(params)
+    with eval_mode(model):
+        for w, (x, y) in zip(_weights(batches), batches):
+            leaves = {k: params[k].detach().requires_grad_(True) for k in names}
+            value = _batch_loss_fn(model, loss, x, y)(leaves)
+            grads = torch.autograd.grad(value, [leaves[k] for k in names], create_graph=True)
+            dot = sum((gk * vector[k].detach()).sum() for gk, k in zip(grads, names))
+            hv = torch.autograd.grad(dot, [leaves[k] for k in names], allow_unused=True)
+            hv_d = {
+                k: (h if h is not None else torch.zeros_like(params[k])) for k, h in zip(names, hv)
+            }
+            acc = _axpy(acc, w, hv_d)
+    assert acc is not None
+    return acc
+
+
+def hvp_finite_difference(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss: LossSpec,
+    vector: Params,
+    eps: float,
+    params: Params | None = None,
+) -> Params:
+    """Hv ≈ [g(θ + εv) − g(θ − εv)] / (2ε): a central difference, error O(ε²)."""
+    params = _resolve(model, params)
+    plus = gradient(model, batches, loss, {k: p + eps * vector[k] for k, p in params.items()})
+    minus = gradient(model, batches, loss, {k: p - eps * vector[k] for k, p in params.items()})
+    return {k: (plus[k] - minus[k]) / (2 * eps) for k in params}
+
+
+@dataclass(frozen=True)
+class FlowState:
+    """θ, g, Hg and L at one point: everything the closed-form time derivatives need."""
+
+    theta: Params
+    g: Params
+    hg: Params
+    loss: float
+
+
+def flow_state(
+    model: nn.Module, batches: Sequence[Batch], loss: LossSpec, params: Params | None = None
+) -> FlowState:
+    """θ, g = ∇L and Hg = ∇²L·g (two passes: g first, then Hg with g fixed as the tangent)."""
+    params = _resolve(model, params)
+    g = gradient(model, batches, loss, params)
+    _, hg = hvp(model, batches, loss, g, params)
+    value = float(dataset_loss(model, batches, loss, params))
+    return FlowState(theta={k: v.detach() for k, v in params.items()}, g=g, hg=hg, loss=value)
+
+
+def restrict(values: Params, subset: Subset | None = None) -> Tensor:
+    """Concatenate the entries of ``values`` that lie in ``subset`` (all of them if ``None``)."""
+    if subset is None:
+        return torch.cat([v.reshape(-1) for v in values.values()])
+    parts = []
+    for name, mask in subset.items():
+        v = values[name]
+        parts.append(v.reshape(-1) if mask is None else v[mask].reshape(-1))
+    if not parts:
+        raise ValueError("empty parameter subset")
+    return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class TimeDerivatives:
+    """Closed-form time derivatives under gradient flow, for θ or one subset θ_p of it.
+
+    - ``loss_rate``      = −‖g_p‖²            (dL/dt when p is all of θ; E2)
+    - ``norm_rate``      = −2 θ_pᵀg_p          (d‖θ_p‖²/dt; E3)
+    - ``norm_accel``     = 2‖g_p‖² + 2θ_pᵀ(Hg)_p (d²‖θ_p‖²/dt²; E4)
+    - ``grad_norm_rate`` = −2 g_pᵀ(Hg)_p       (d‖g_p‖²/dt; E5 when p is all of θ)
+    """
+
+    loss_rate: float
+    norm_rate: float
+    norm_accel: float
+    grad_norm_rate: float
+
+
+def time_derivatives(state: FlowState, subset: Subset | None = None) -> TimeDerivatives:
+    """Evaluate E2–E5 in closed form at ``state`` for the coordinates in ``subset``."""
+    theta, g, hg = (restrict(v, subset) for v in (state.theta, state.g, state.hg))
+    gg = float(g @ g)
+    return TimeDerivatives(
+        loss_rate=-gg,
+        norm_rate=float(-2 * (theta @ g)),
+        norm_accel=float(2 * gg + 2 * (theta @ hg)),
+        grad_norm_rate=float(-2 * (g @ hg)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Exact trajectories
+
+
+def flatten(params: Params) -> np.ndarray:
+    """θ as one float64 numpy vector, in the dict's key order."""
+    return torch.cat([p.detach().reshape(-1) for p in params.values()]).cpu().double().numpy()
+
+
+def unflatten(vector: np.ndarray, like: Params) -> Params:
+    """Inverse of :func:`flatten`, with the dtype and device of ``like``."""
+    out: Params = {}
+    i = 0
+    for k, p in like.items():
+        n = p.numel()
+        t = torch.from_numpy(np.ascontiguousarray(vector[i : i + n])).reshape(p.shape)
+        out[k] = t.to(dtype=p.dtype, device=p.device)
+        i += n
+    return out
+
+
+@dataclass(frozen=True)
+class IntegratorSettings:
+    """``scipy.integrate.solve_ivp`` settings for exact gradient-flow trajectories.
+
+    DOP853 (8th order) with rtol at scipy's floor (100·ε ≈ 2.2e-14) keeps the integration error
+    far below the finite-difference truncation errors the identity claims measure.
+    """
+
+    method: str = "DOP853"
+    rtol: float = 2.3e-14
+    atol: float = 1e-16
+
+
+def integrate_flow(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss: LossSpec,
+    t: float,
+    params: Params | None = None,
+    settings: IntegratorSettings = IntegratorSettings(),
+) -> Params:
+    """θ(t) solving dθ/dt = −g(θ), θ(0) = θ₀, by ``solve_ivp`` in float64 (t may be negative).
+
+    The model must be float64. Each right-hand-side evaluation is one full dataset gradient,
+    so this is meant for small nets (a few thousand parameters).
+    """
+    from scipy.integrate import solve_ivp
+
+    params = _resolve(model, params)
+    if any(p.dtype != torch.float64 for p in params.values()):
+        raise ValueError("integrate_flow needs a float64 model (call model.double())")
+    if t == 0:
+        return {k: v.clone() for k, v in params.items()}
+
+    merged = rebatch(batches, 4096)  # few large batches: same average, far faster
+
+    def rhs(_: float, y: np.ndarray) -> np.ndarray:
+        return -flatten(gradient(model, merged, loss, unflatten(y, params)))
+
+    sol = solve_ivp(
+        rhs,
+        (0.0, t),
+        flatten(params),
+        method=settings.method,
+        rtol=settings.rtol,
+        atol=settings.atol,
+    )
+    if not sol.success:
+        raise RuntimeError(f"gradient-flow integration failed: {sol.message}")
+    return unflatten(sol.y[:, -1], params)
+
+
+def flow_time_scale(state: FlowState) -> float:
+    """A natural time unit of the flow at ``state``: 1/ρ with ρ = ‖Hg‖/‖g‖.
+
+    ρ is how fast the velocity −g turns or changes length (dg/dt = −Hg), so ρ·h is the small
+    parameter of every Taylor expansion in h along the trajectory.
+    """
+    g = restrict(state.g)
+    hg = restrict(state.hg)
+    gn = float(g.norm())
+    if gn == 0.0:
+        raise ValueError("the gradient is exactly zero: θ is a stationary point of the flow")
+    rho = float(hg.norm()) / gn
+    return 1.0 / max(rho, 1e-12)
