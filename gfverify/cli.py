@@ -141,6 +141,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_measures(args: argparse.Namespace) -> int:
+    """List the registered importance measures with their formulas and data rules."""
+    from gfverify.measures import describe
+
+    for name, formula, rule in describe():
+        print(f"{name}\n    score: {formula}\n    data:  {rule}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gfverify",
@@ -149,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="run the executable claims and print verdicts")
-    check.add_argument("--claims", default="identity", help="'all', a group or ids: E2,E3,H1")
+    check.add_argument(
+        "--claims",
+        default="identity,measures",
+        help="'all', groups (identity, measures, statistical) or ids: E2,E3,H1",
+    )
     check.add_argument("--scale", default="quick", choices=["quick", "paper"])
     check.add_argument("--json", help="write the claim records to this JSON file")
     check.add_argument("--model", help="a user model factory 'pkg.module:callable'")
@@ -160,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--temperature", type=float, default=5.0)
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_check)
+
+    meas = sub.add_parser("measures", help="list the importance measures and their formulas")
+    meas.set_defaults(func=cmd_measures)
     return parser
 
 

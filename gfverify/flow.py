@@ -39,29 +39,34 @@ Subset = Mapping[str, Tensor | None]
 class LossSpec:
     """The training objective evaluated on logits z and targets y, averaged over samples.
 
-    - ``cross_entropy``: L = mean_i CE(z_i / T, y_i)
-    - ``mse``: L = mean_i ½‖z_i / T − onehot(y_i)‖² (or ``y_i`` itself when it is a float
+    - ``cross_entropy``: L = c · mean_i CE(z_i / T, y_i)
+    - ``mse``: L = c · mean_i ½‖z_i / T − onehot(y_i)‖² (or ``y_i`` itself when it is a float
       tensor of the logits' shape)
+
+    with temperature T and a positive scale c (1 by default).
     """
 
     kind: Literal["cross_entropy", "mse"] = "cross_entropy"
     temperature: float = 1.0
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in ("cross_entropy", "mse"):
             raise ValueError(f"unknown loss {self.kind!r}; use 'cross_entropy' or 'mse'")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ValueError(f"temperature must be a positive number, got {self.temperature}")
+        if not (self.scale > 0 and math.isfinite(self.scale)):
+            raise ValueError(f"loss scale must be a positive number, got {self.scale}")
 
     def __call__(self, logits: Tensor, target: Tensor) -> Tensor:
         z = logits / self.temperature
         if self.kind == "cross_entropy":
-            return nn.functional.cross_entropy(z, target)
+            return self.scale * nn.functional.cross_entropy(z, target)
         if target.is_floating_point() and target.shape == z.shape:
             t = target
         else:
             t = nn.functional.one_hot(target, z.shape[-1]).to(z.dtype)
-        return 0.5 * ((z - t) ** 2).sum(dim=-1).mean()
+        return self.scale * 0.5 * ((z - t) ** 2).sum(dim=-1).mean()
 
 
 @contextmanager
