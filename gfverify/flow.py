@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, vjp
 
 Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -160,16 +160,25 @@ def gradient(
     return acc
 
 
+HvpMethod = Literal["reverse_over_reverse", "forward_over_reverse"]
+
+
 def hvp(
     model: nn.Module,
     batches: Sequence[Batch],
     loss: LossSpec,
     vector: Params,
     params: Params | None = None,
+    method: HvpMethod = "reverse_over_reverse",
 ) -> tuple[Params, Params]:
-    """(g, Hv) with Hv = Σ_b (n_b/N) ∇²L_b · v, by forward-over-reverse ``jvp(grad(L))``.
+    """(g, Hv) with Hv = Σ_b (n_b/N) ∇²L_b · v, by ``torch.func`` in one pass per batch.
 
-    One pass returns the gradient as well, since ``jvp`` evaluates the primal ``grad(L)``.
+    - ``reverse_over_reverse`` (default): ``vjp(grad(L))`` applied to v (H is symmetric).
+      Measured fastest on CPU (benchmarks/bench_hvp.py: ~3.7× a gradient on ResNet-56 vs
+      ~8× for forward-over-reverse, whose jvp through conv backward is slow there).
+    - ``forward_over_reverse``: ``jvp(grad(L), θ, v)``.
+
+    Both return the gradient as well, since the outer transform evaluates ``grad(L)``.
     """
     params = _resolve(model, params)
     tangent = {k: vector[k].to(params[k].dtype) for k in params}
@@ -177,9 +186,16 @@ def hvp(
     hv_acc: Params | None = None
     with eval_mode(model):
         for w, (x, y) in zip(_weights(batches), batches):
-            g_b, hv_b = jvp(grad(_batch_loss_fn(model, loss, x, y)), (params,), (tangent,))
-            g_acc = _axpy(g_acc, w, g_b)
-            hv_acc = _axpy(hv_acc, w, hv_b)
+            grad_fn = grad(_batch_loss_fn(model, loss, x, y))
+            if method == "reverse_over_reverse":
+                g_b, pullback = vjp(grad_fn, params)
+                (hv_b,) = pullback(tangent)
+            elif method == "forward_over_reverse":
+                g_b, hv_b = jvp(grad_fn, (params,), (tangent,))
+            else:
+                raise ValueError(f"unknown HVP method {method!r}")
+            g_acc = _axpy(g_acc, w, {k: t.detach() for k, t in g_b.items()})
+            hv_acc = _axpy(hv_acc, w, {k: t.detach() for k, t in hv_b.items()})
     assert g_acc is not None and hv_acc is not None
     return g_acc, hv_acc
 

@@ -2,9 +2,10 @@
 
 Notation, for a filter f of a producing layer (conv output channel or linear output unit):
 θ_f are its weights and bias if it has one (optionally with its BatchNorm γ_f, β_f; the
-official nets have bias-free convs, so there θ_f is the weight slice W_f as in the code), g = ∇L the dataset-averaged
-gradient, Hg the Hessian-gradient product, s = Σ_b (n_b/N)(∇L_b)² the batch-size-weighted mean
-of squared per-batch gradients. Lowest score is pruned first (spec/paper.md §1.3).
+official nets have bias-free convs, so there θ_f is the weight slice W_f as in the code),
+g = ∇L the dataset-averaged gradient, Hg the Hessian-gradient product, s = Σ_b (n_b/N)(∇L_b)²
+the batch-size-weighted mean of squared per-batch gradients. Lowest score is pruned first
+(spec/paper.md §1.3).
 
 A measure is a per-weight *contribution* c_i and a rule turning the filter's summed
 contributions Σ_i c_i into the score (identity, |·| or √·). E.g. ``taylor_fo`` has c_i = θ_i g_i

@@ -119,3 +119,16 @@ def test_eval_mode_is_restored():
     model = SmallNetSpec(kind="cnn", widths=(2,), image_size=3).build().train()
     flow.gradient(model, SmallNetSpec(kind="cnn", widths=(2,), image_size=3).data(4, 4), LossSpec())
     assert all(m.training for m in model.modules())
+
+
+@given(small_nets(max_width=8), losses())
+@settings(max_examples=10)
+def test_hvp_methods_agree(spec, loss):
+    model = spec.build()
+    batches = spec.data(8, 4)
+    v = flow.gradient(model, batches, loss)
+    g1, a = flow.hvp(model, batches, loss, v, method="reverse_over_reverse")
+    g2, b = flow.hvp(model, batches, loss, v, method="forward_over_reverse")
+    ra, rb = flow.restrict(a), flow.restrict(b)
+    assert float((ra - rb).norm()) <= 1e-12 * float(rb.norm()) + 1e-300
+    torch.testing.assert_close(flow.restrict(g1), flow.restrict(g2), rtol=1e-12, atol=1e-300)

@@ -107,7 +107,7 @@ def _quantity_series(
         q = problem.loss_at
         q0 = state.loss
         g_norm = _norm(_parts(state, None)[1])
-        delta = g_norm * dtheta + 10 * EPS64 * (abs(q0) + 1)
+        delta = g_norm * dtheta + 10 * max(EPS64 * (abs(q0) + 1), problem.roundoff["loss"])
         return q0, [(q(a), q(b)) for a, b in problem.points], delta
     if quantity == "norm":
 
@@ -125,7 +125,7 @@ def _quantity_series(
 
         q0 = qg(state.g)
         rho = 1.0 / flow.flow_time_scale(state)
-        delta = 2 * (q0**0.5) * rho * dtheta + 10 * EPS64 * q0
+        delta = 2 * (q0**0.5) * rho * dtheta + 10 * max(EPS64 * q0, problem.roundoff["grad_norm"])
         return q0, [(qg(a), qg(b)) for a, b in problem.gradients], delta
     raise ValueError(f"unknown quantity {quantity!r}")
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from gfverify import flow, measures
 from gfverify.claims.base import ClaimResult, register
 from gfverify.claims.identities import IDENTITIES, study_identity
-from gfverify.claims.numerics import ConvergenceStudy, geometric_ladder
+from gfverify.claims.numerics import ConvergenceStudy, refine_until_asymptotic
 from gfverify.claims.problems import CheckContext, FlowProblem
 from gfverify.flow import LossSpec, Params
 
@@ -357,16 +357,16 @@ def taylor_study(
         slope = -2 * float(th_f @ flow.restrict(st.hg, mask))
         q0 = float(flow.restrict(st.g).pow(2).sum())
         scale = 2 * float(th_f.norm() * flow.restrict(st.hg, mask).norm())
-    steps = geometric_ladder(2.0**-3, levels)
-    estimates = [(q(_removed(st.theta, mask, s)) - q0) / s for s in steps]
     full = q(_removed(st.theta, mask, 1.0)) - q0
-    floor = [10 * EPS64 * (abs(q0) + 1e-300) / s for s in steps]
-    study = ConvergenceStudy(
-        steps=steps,
-        estimates=estimates,
+    # round-off of one ΔQ: ε·|Q| or, where larger, the empirical reordering error of Q
+    noise = max(EPS64 * abs(q0), problem.roundoff[which])
+    study, ladder = refine_until_asymptotic(
+        lambda s: (q(_removed(st.theta, mask, s)) - q0) / s,
         closed_form=slope,
         scale=max(scale, 1e-300),
-        floor=floor,
+        floor=lambda s: 10 * noise / s,
+        h0=2.0**-3,
+        levels=levels,
         method_order=1,
     )
     return study, full, slope

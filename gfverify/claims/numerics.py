@@ -15,7 +15,7 @@ both the order test and the tolerance catch.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -124,3 +124,47 @@ def max_relative_difference(a: Sequence[float], b: Sequence[float]) -> float:
     num = max(abs(x - y) for x, y in zip(a, b))
     den = max(abs(y) for y in b)
     return num / max(den, 1e-300)
+
+
+def refine_until_asymptotic(
+    estimate: Callable[[float], float],
+    closed_form: float,
+    scale: float,
+    floor: Callable[[float], float],
+    h0: float,
+    levels: int = 4,
+    method_order: int = 2,
+    max_levels: int = 16,
+) -> tuple[ConvergenceStudy, list[float]]:
+    """Halve h until the last ``levels`` estimates are in the asymptotic regime.
+
+    D(h) − D* = C₁h^p + C₂h^{p+1} + …: when C₁ is small the higher terms dominate at moderate
+    h and the observed order is not p yet. The ladder is extended (up to ``max_levels``) until
+    the last ``levels`` points show order p ± 0.5, or their errors reach round-off. A wrong
+    closed form never reaches that state, so it still fails. Returns the study over the last
+    ``levels`` points and the steps of the whole ladder (for the record).
+    """
+    steps: list[float] = []
+    estimates: list[float] = []
+    h = h0
+    study = None
+    for _ in range(max_levels):
+        steps.append(h)
+        estimates.append(estimate(h))
+        h /= 2
+        if len(steps) < levels:
+            continue
+        study = ConvergenceStudy(
+            steps=steps[-levels:],
+            estimates=estimates[-levels:],
+            closed_form=closed_form,
+            scale=scale,
+            floor=[floor(s) for s in steps[-levels:]],
+            method_order=method_order,
+        )
+        usable = [o for o in study.orders if o is not None]
+        at_floor = study.errors[-1] <= 10 * study.floor[-1]
+        if at_floor or (len(usable) >= levels - 1 and study.order_ok):
+            break
+    assert study is not None
+    return study, steps

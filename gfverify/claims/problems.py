@@ -63,6 +63,26 @@ class FlowProblem:
         grad = lambda p: flow.gradient(self.model, self.batches, self.loss, p)  # noqa: E731
         return [(grad(a), grad(b)) for a, b in self.points]
 
+    @cached_property
+    def reordered_batches(self) -> list[Batch]:
+        """The same samples in reverse order: equal in exact arithmetic, other rounding."""
+        return [(x.flip(0), y.flip(0)) for x, y in reversed(self.batches)]
+
+    @cached_property
+    def roundoff(self) -> dict[str, float]:
+        """Empirical round-off of L and ‖g‖² at θ₀: |Q(reordered samples) − Q(samples)|.
+
+        Cancellation inside the gradient's sum over samples (e.g. near-uniform softmax at
+        T = 200 with balanced labels) can make ‖g‖² far less precise than ε·‖g‖²; reordering
+        the summation exposes that error where a formula in ε alone would not.
+        """
+        st = self.state
+        loss_alt = float(flow.dataset_loss(self.model, self.reordered_batches, self.loss))
+        g_alt = flow.gradient(self.model, self.reordered_batches, self.loss, st.theta)
+        gg = float(flow.restrict(st.g).pow(2).sum())
+        gg_alt = float(flow.restrict(g_alt).pow(2).sum())
+        return {"loss": abs(loss_alt - st.loss), "grad_norm": abs(gg_alt - gg)}
+
     def loss_at(self, params: Params) -> float:
         return float(flow.dataset_loss(self.model, self.batches, self.loss, params))
 

@@ -1,0 +1,360 @@
+"""Prunable filter groups: which parameter slices form one prunable filter, keyed by module name.
+
+A *producing layer* is an ``nn.Linear`` or a (non-transposed) convolution with ``groups == 1``.
+Filter ``f`` of producing layer ``P`` is the set of slices
+
+    P.weight[f], P.bias[f], BN.weight[f], BN.bias[f]  (+ tied depthwise D.weight[f], ...)
+
+where ``BN`` is the BatchNorm that normalises P's output channels (directly after P, possibly
+behind channel-wise ops such as the ReLU of VGG's Conv→ReLU→BN) and a *tied* depthwise conv
+(``groups == in_channels == out_channels``) is one whose channels are exactly P's output
+channels (MobileNet: the depthwise layer after P), together with its own BN.
+
+How the graph is found: torch-pruning's ``DependencyGraph`` (pinned 1.6.1), built by tracing
+autograd on one example forward pass. We use it rather than ``torch.fx`` because (a) the same
+graph drives the physical surgery (:mod:`gfverify.surgery`), so the groups we score and the
+slices we cut can never disagree; (b) it follows the actual computation, so models with Python
+control flow that ``torch.fx.symbolic_trace`` rejects still work; (c) it already resolves
+residual additions (coupled layers), concatenations and flatten→Linear index maps.
+
+Coupling: layers whose outputs are added together (ResNet residual adds) share channel indices;
+:func:`coupled_groups` lists them, in forward order, the first one being the group's
+*representative* (see :func:`gfverify.surgery.prune_filters`, ``mode="full"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from gfverify.errors import ModelError
+
+# torch-pruning's internal op placeholders that only pass channels through (no parameters).
+_PASS_THROUGH_OPS = (
+    tp.ops._ElementWiseOp,
+    tp.ops._ReshapeOp,
+    tp.ops._ConcatOp,
+    tp.ops._SplitOp,
+    tp.ops._OutputOp,
+)
+
+
+@dataclass(frozen=True)
+class FilterGroup:
+    """One prunable layer and the parameter slices that make up each of its filters.
+
+    Attributes:
+        name: module name of the producing layer (Conv with ``groups == 1``, or Linear).
+        weight / bias: its parameter names (``bias`` is ``None`` without a bias).
+        bn: module name of the BatchNorm normalising its output channels, or ``None``.
+        bn_weight / bn_bias: that BatchNorm's affine parameter names (``None`` if not affine).
+        tied: module names of the depthwise convs whose channels are exactly this layer's
+            output channels, and of their BatchNorms (forward order). For a layer in a coupled
+            group (residual add), a depthwise conv after the add is tied to every member.
+        num_filters: current number of output channels.
+        tied_params: parameter names of the tied modules (each sliced along dim 0).
+    """
+
+    name: str
+    weight: str
+    bias: str | None
+    bn: str | None
+    bn_weight: str | None
+    bn_bias: str | None
+    tied: tuple[str, ...]
+    num_filters: int
+    tied_params: tuple[str, ...] = field(default=())
+
+    def param_names(self, include_bn: bool = False, include_tied: bool = False) -> dict[str, int]:
+        """Parameter name -> the dimension that indexes this layer's filters (always 0 here:
+        conv/linear weight and bias, BN γ/β, depthwise weight and bias)."""
+        names = [self.weight, self.bias]
+        if include_bn:
+            names += [self.bn_weight, self.bn_bias]
+        if include_tied:
+            names += list(self.tied_params)
+        return {n: 0 for n in names if n is not None}
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Everything one trace tells us (internal; the public API is the functions below).
+
+    ``groups`` holds every producing layer, the output layers included; ``output_layers``
+    names those whose output channels reach the model output; ``coupled`` lists the coupled
+    groups (size >= 2), each in forward order; ``order`` is the forward order of all
+    Conv/Linear modules.
+    """
+
+    groups: dict[str, FilterGroup]
+    output_layers: frozenset[str]
+    coupled: tuple[tuple[str, ...], ...]
+    order: tuple[str, ...]
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv with ``groups == in_channels == out_channels > 1`` (one filter per channel)."""
+    return (
+        isinstance(module, _ConvNd)
+        and not module.transposed
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
+
+
+def is_producer(module: nn.Module) -> bool:
+    """A layer whose output channels are filters: ``nn.Linear`` or a conv with ``groups == 1``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
+
+
+def _check_conv_supported(name: str, module: nn.Module) -> None:
+    if not isinstance(module, _ConvNd):
+        return
+    if module.transposed:
+        raise ModelError(
+            f"module {name!r} ({type(module).__name__}) is a transposed conv; "
+            "filter pruning supports Conv with groups=1, depthwise convs and Linear"
+        )
+    if module.groups > 1 and not is_depthwise(module):
+        raise ModelError(
+            f"module {name!r} is a grouped conv (groups={module.groups}, "
+            f"in={module.in_channels}, out={module.out_channels}); only groups=1 or "
+            "depthwise (groups=in=out) convs can be pruned"
+        )
+
+
+def default_example_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
+    """A zero input for tracing, guessed from the first Conv/Linear in ``model.modules()``.
+
+    Conv nets: ``(batch, C_in, s, s)`` with ``s = model.input_size`` if the model has that
+    attribute, else 32 (CIFAR); Linear first (MLPs): ``(batch, in_features)``. Pass an explicit
+    ``example_input`` when this guess does not fit the model.
+    """
+    param = next(model.parameters(), None)
+    dtype = param.dtype if param is not None else torch.get_default_dtype()
+    device = param.device if param is not None else torch.device("cpu")
+    size = int(getattr(model, "input_size", 32))
+    for m in model.modules():
+        if isinstance(m, _ConvNd):
+            spatial = (size,) * (m.weight.dim() - 2)
+            return torch.zeros((batch_size, m.in_channels, *spatial), dtype=dtype, device=device)
+        if isinstance(m, nn.Linear):
+            return torch.zeros((batch_size, m.in_features), dtype=dtype, device=device)
+    raise ModelError(f"model {type(model).__name__} has no Conv or Linear layer to prune")
+
+
+#: Modules that have this boolean attribute (e.g. :class:`gfverify.surgery.ChannelMask`) get it
+#: set to ``True`` while tracing and act as the identity, so masks do not hide their layer.
+BYPASS_ATTR = "bypass_in_trace"
+
+
+@contextmanager
+def _tracing(model: nn.Module) -> Iterator[None]:
+    """Eval mode, ``requires_grad`` on and masks bypassed for the trace; flags restored after."""
+    modes = {m: m.training for m in model.modules()}
+    grads = {p: p.requires_grad for p in model.parameters()}
+    bypass = {m: getattr(m, BYPASS_ATTR) for m in model.modules() if hasattr(m, BYPASS_ATTR)}
+    try:
+        model.eval()
+        for m in bypass:
+            setattr(m, BYPASS_ATTR, True)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
+        for m, flag in bypass.items():
+            setattr(m, BYPASS_ATTR, flag)
+
+
+def _trace(
+    model: nn.Module, example_input: torch.Tensor | None
+) -> tuple[tp.DependencyGraph, tuple[str, ...]]:
+    """One traced forward pass (eval mode, first sample only): torch-pruning's
+    ``DependencyGraph`` and the names of the Conv/Linear modules in order of first call."""
+    x = default_example_input(model) if example_input is None else example_input
+    x = x[:1]  # the graph does not depend on the batch size
+    order: list[str] = []
+    names = {m: n for n, m in model.named_modules()}
+
+    def record(module: nn.Module, args: object, output: object) -> None:
+        if names[module] not in order:
+            order.append(names[module])
+
+    hooks = [
+        m.register_forward_hook(record)
+        for m in model.modules()
+        if isinstance(m, _ConvNd | nn.Linear)
+    ]
+    try:
+        with _tracing(model):
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return graph, tuple(order)
+
+
+def dependency_graph(
+    model: nn.Module, example_input: torch.Tensor | None = None
+) -> tp.DependencyGraph:
+    """torch-pruning's ``DependencyGraph`` of ``model``, traced in eval mode (flags restored)."""
+    return _trace(model, example_input)[0]
+
+
+def _bn_after(node: tp.dependency.Node) -> tp.dependency.Node | None:
+    """The BatchNorm node reached from ``node`` through single-input, single-output
+    channel-wise ops only (e.g. ReLU, pooling); ``None`` if the chain branches or ends."""
+    current = node
+    while len(current.outputs) == 1:
+        nxt = current.outputs[0]
+        if isinstance(nxt.module, _BatchNorm):
+            return nxt
+        if not isinstance(nxt.module, tp.ops._ElementWiseOp) or len(nxt.inputs) != 1:
+            return None
+        current = nxt
+    return None
+
+
+def _param(module: nn.Module, module_name: str, attr: str) -> str | None:
+    return f"{module_name}.{attr}" if getattr(module, attr, None) is not None else None
+
+
+def analyze(model: nn.Module, example_input: torch.Tensor | None = None) -> GraphInfo:
+    """Trace ``model`` once and return every producing layer's group, the output layers and the
+    coupled groups. Raises :class:`ModelError` for unsupported layers (see module docstring)."""
+    return analyze_with_graph(model, example_input)[0]
+
+
+def analyze_with_graph(
+    model: nn.Module, example_input: torch.Tensor | None = None
+) -> tuple[GraphInfo, tp.DependencyGraph]:
+    """:func:`analyze`, also returning the traced graph (valid until the model changes other
+    than through the graph's own pruning groups)."""
+    names = {m: n for n, m in model.named_modules()}
+    for name, m in model.named_modules():
+        if isinstance(m, _ConvNd):
+            _check_conv_supported(name, m)
+    graph, order = _trace(model, example_input)
+    rank = {n: i for i, n in enumerate(order)}
+
+    groups: dict[str, FilterGroup] = {}
+    output_layers: set[str] = set()
+    coupled: dict[tuple[str, ...], None] = {}
+    producers = [m for m in graph.module2node if is_producer(m) and m in names]
+    for module in sorted(producers, key=lambda m: rank.get(names[m], len(rank))):
+        name = names[module]
+        node = graph.module2node[module]
+        pruner = graph.get_pruner_of_module(module)
+        width = pruner.get_out_channels(module)
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
+        members: list[str] = []
+        tied: list[str] = []
+        tied_params: list[str] = []
+        reaches_output = len(node.outputs) == 0
+        for item in group.items:
+            target = item.dep.target
+            tmod = target.module
+            consumed = is_producer(tmod) and graph.is_in_channel_pruning_fn(item.dep.handler)
+            if len(target.outputs) == 0 and not consumed:
+                reaches_output = True  # the channel itself is (part of) a model output
+            if isinstance(tmod, _PASS_THROUGH_OPS) or isinstance(tmod, _BatchNorm):
+                continue
+            tname = names.get(tmod, None) if isinstance(tmod, nn.Module) else None
+            if isinstance(tmod, nn.Parameter) or tname is None:
+                what = graph._param_to_name.get(tmod, target.name)
+                raise ModelError(
+                    f"bare parameter or op {what!r} shares channels with layer {name!r}; "
+                    "only Conv, Linear and BatchNorm modules can be pruned with it"
+                )
+            if is_depthwise(tmod):
+                if tname not in tied:
+                    tied.append(tname)
+                    tied_params += [
+                        p for p in (_param(tmod, tname, "weight"), _param(tmod, tname, "bias")) if p
+                    ]
+                    dw_bn = _bn_after(target)
+                    if dw_bn is not None:
+                        bname = names[dw_bn.module]
+                        tied.append(bname)
+                        tied_params += [
+                            p
+                            for p in (
+                                _param(dw_bn.module, bname, "weight"),
+                                _param(dw_bn.module, bname, "bias"),
+                            )
+                            if p
+                        ]
+                continue
+            if is_producer(tmod):
+                if graph.is_out_channel_pruning_fn(item.dep.handler) and tname not in members:
+                    members.append(tname)
+                continue
+            raise ModelError(
+                f"module {tname!r} ({type(tmod).__name__}) shares channels with layer {name!r} "
+                "but cannot be pruned; supported: Conv (groups=1 or depthwise), Linear, BatchNorm"
+            )
+        if name not in members:
+            members.append(name)
+        bn_node = _bn_after(node)
+        bn_name = names[bn_node.module] if bn_node is not None else None
+        groups[name] = FilterGroup(
+            name=name,
+            weight=f"{name}.weight",
+            bias=_param(module, name, "bias"),
+            bn=bn_name,
+            bn_weight=_param(bn_node.module, bn_name, "weight") if bn_node else None,
+            bn_bias=_param(bn_node.module, bn_name, "bias") if bn_node else None,
+            tied=tuple(tied),
+            num_filters=width,
+            tied_params=tuple(tied_params),
+        )
+        if reaches_output:
+            output_layers.add(name)
+        if len(members) > 1:
+            coupled[tuple(sorted(members, key=lambda n: rank.get(n, len(rank))))] = None
+    return GraphInfo(groups, frozenset(output_layers), tuple(coupled), order), graph
+
+
+def filter_groups(
+    model: nn.Module,
+    example_input: torch.Tensor | None = None,
+    include_classifier: bool = False,
+) -> dict[str, FilterGroup]:
+    """Prunable layer name -> :class:`FilterGroup`, in forward order.
+
+    Layers whose output channels reach the model output (the classifier producing the logits)
+    are left out unless ``include_classifier``. ``example_input`` defaults to
+    :func:`default_example_input`. Raises :class:`ModelError` for an unsupported module in a
+    prunable position (grouped or transposed conv, LayerNorm/GroupNorm/PReLU/bare parameters
+    sharing channels with a prunable layer) and when nothing is prunable.
+    """
+    info = analyze(model, example_input)
+    out = {
+        n: g for n, g in info.groups.items() if include_classifier or n not in info.output_layers
+    }
+    if not out:
+        raise ModelError(f"model {type(model).__name__} has no prunable layer")
+    return out
+
+
+def coupled_groups(
+    model: nn.Module, example_input: torch.Tensor | None = None
+) -> list[tuple[str, ...]]:
+    """Groups of producing layers whose output channels are tied by additions (residual adds),
+    each in forward order; the first name is the group's representative. Uncoupled layers
+    are not listed."""
+    return list(analyze(model, example_input).coupled)
