@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     meas = sub.add_parser("measures", help="list the importance measures and their formulas")
     meas.set_defaults(func=cmd_measures)
+
+    import importlib
+    import pkgutil
+
+    import gfverify.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        importlib.import_module(f"gfverify.commands.{info.name}").add_parser(sub)
     return parser
 
 
