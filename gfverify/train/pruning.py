@@ -1,0 +1,261 @@
+"""One pruning round: scores → global ranking → surgery → optimizer rebuild.
+
+**Counting.** A *filter* is one output channel of a prunable layer (every producing layer except
+the classifier: VGG's 10 convs, MobileNet's stem + 13 pointwise convs, ResNet-56's 57 convs
+incl. stem and projection shortcuts). N₀ = Σ original widths. A filter is *alive* unless it was
+removed or masked (masked channels count as pruned, as the official "pruned %" does). Round k
+(0-based) prunes n = :func:`gfverify.schedule.filters_to_prune` (N₀, alive, schedule, k)
+filters, so after the last round round(N₀·(1 − P)) filters are alive whenever floors allow.
+
+**Ranking** (:func:`plan_round`). Scores of the alive filters only (masked channels are left
+out, so re-selecting a dead channel never uses up the budget) go to
+:func:`gfverify.ranking.plan_global` with floors ``default_floor(original width)``,
+``floor_by = prune.floor`` and the model's protected layers (ResNet-56: the stem).
+
+- ``mode="paper"`` (ResNet, official): every layer is ranked on its own; block-internal layers
+  are removed, residual-coupled layers (block outputs, shortcuts) are masked.
+- ``mode="full"``: a residual-coupled group loses a channel in all its members at once. The
+  group is ranked under its representative (first member) with a combined score, and removing
+  one coupled channel uses up one unit of n per member filter; channels are taken whole, so
+  the count may overshoot n by less than one group (:func:`_full_mode_plan`). A group with a
+  protected member is protected. Combined score of channel c from the members' scores s_m[c]:
+  √(Σ_m s_m[c]²) for √-reduced measures (magnitude: the norm of the union of the filters,
+  exact), Σ_m s_m[c] for sum-reduced ones (exact: the union's sum), and Σ_m s_m[c] for
+  |·|-reduced ones (an upper bound of the union's |Σ|, a documented approximation).
+
+**EMA tracking** (``prune.ema_batches`` = k > 0, :class:`ScoreEMA`): during the training epoch
+that precedes a round, after every SGD step t the measure's per-filter scores s_t are computed
+on that step's (augmented) training batch with the scoring protocol (eval-mode BatchNorm,
+measure temperature), and m_t = α·s_t + (1 − α)·m_{t−1}, α = 2/(k + 1), m_1 = s_1. The round
+ranks m_T instead of scores on the scoring batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gfverify.config import RunConfig
+from gfverify.errors import ModelError
+from gfverify.groups import FilterGroup
+from gfverify.measures import get_measure, score
+from gfverify.ranking import plan_global
+from gfverify.schedule import Schedule, filters_to_prune
+from gfverify.surgery import Mode, PruneRecord, PruningHistory, prune_filters, rebuild_sgd
+
+
+@dataclass(frozen=True)
+class PruneSetup:
+    """What stays fixed over a run's rounds (computed on the dense model)."""
+
+    mode: Mode
+    protected: frozenset[str]
+    coupled: tuple[tuple[str, ...], ...]
+    original_widths: dict[str, int]
+    floor_by: str
+    schedule: Schedule
+
+    @property
+    def total_original(self) -> int:
+        """N₀: filters of all prunable layers of the dense model."""
+        return sum(self.original_widths.values())
+
+
+def alive_indices(
+    widths: Mapping[str, int], masked: Mapping[str, list[int]]
+) -> dict[str, list[int]]:
+    """Layer -> its unmasked channel positions (current numbering)."""
+    out = {}
+    for name, width in widths.items():
+        dead = set(masked.get(name, ()))
+        out[name] = [i for i in range(width) if i not in dead]
+    return out
+
+
+def count_alive(widths: Mapping[str, int], masked: Mapping[str, list[int]]) -> int:
+    """Σ_layers (width − masked channels)."""
+    return sum(len(v) for v in alive_indices(widths, masked).values())
+
+
+def measure_scores(
+    model: nn.Module,
+    config: RunConfig,
+    batches: list[tuple[Tensor, Tensor]],
+    groups: Mapping[str, FilterGroup],
+    params_init: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """``measures.score`` of ``measure.name`` per filter with the config's options (samples,
+    temperatures — None = the measure's defaults —, include_bn, use_init)."""
+    m = config.measure
+    return score(
+        model,
+        m.name,
+        batches,
+        "filter",
+        samples=m.samples,
+        temperature=m.temperature,
+        train_temperature=config.train.temperature,
+        hg_temperature=m.hg_temperature,
+        include_bn=m.include_bn,
+        use_init=m.use_init,
+        params_init=dict(params_init) if params_init is not None else None,
+        seed=config.seed,
+        groups=dict(groups),
+    )
+
+
+class ScoreEMA:
+    """m_t = α·s_t + (1 − α)·m_{t−1} with α = 2/(k + 1) and m_1 = s_1 (float64)."""
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"EMA span must be >= 1, got {k}")
+        self.alpha = 2.0 / (k + 1)
+        self.value: dict[str, Tensor] | None = None
+        self.count = 0
+
+    def update(self, scores: Mapping[str, Tensor]) -> None:
+        s = {n: v.detach().to(torch.float64) for n, v in scores.items()}
+        if self.value is None:
+            self.value = {n: v.clone() for n, v in s.items()}
+        else:
+            a = self.alpha
+            self.value = {n: a * s[n] + (1 - a) * self.value[n] for n in self.value}
+        self.count += 1
+
+
+def combine_coupled(scores: Mapping[str, Tensor], members: tuple[str, ...], reduce: str) -> Tensor:
+    """Score of a coupled group's channels from its members' scores (module docstring)."""
+    stack = torch.stack([scores[m].to(torch.float64) for m in members])
+    if reduce == "sqrt":
+        return stack.pow(2).sum(dim=0).sqrt()
+    return stack.sum(dim=0)
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """A round's decision: ``plan`` = layer -> current channel indices to remove or mask
+    (non-empty layers only), ``n_requested`` filters asked for by the schedule, ``n_selected``
+    filters the plan prunes, ``shortfall`` = max(0, requested − selected) (floors, protection),
+    ``alive_before`` alive filters before the round."""
+
+    plan: dict[str, Tensor]
+    n_requested: int
+    n_selected: int
+    shortfall: int
+    alive_before: int
+
+
+def _full_mode_plan(
+    scores: Mapping[str, Tensor],
+    setup: PruneSetup,
+    widths: Mapping[str, int],
+    n: int,
+    measure_name: str,
+) -> tuple[dict[str, list[int]], int]:
+    """Full mode: whole coupled channels (weight |group| filters each) in ranking order.
+
+    :func:`plan_global` with an unlimited budget gives the eligible channels of every ranked
+    layer (floors, protection); they are taken in ascending (score, layer position, index)
+    order, the ranking's own key, while fewer than ``n`` filters are selected, so the last
+    channel may overshoot ``n`` by less than its group's size.
+    """
+    reduce = get_measure(measure_name).reduce
+    members = {m for g in setup.coupled for m in g[1:]}
+    group_of = {g[0]: g for g in setup.coupled}
+    ranked = {
+        name: combine_coupled(scores, group_of[name], reduce)
+        if name in group_of
+        else scores[name].double()
+        for name in widths
+        if name not in members
+    }
+    protected = {g[0] for g in setup.coupled if set(g) & setup.protected}
+    protected |= {p for p in setup.protected if p in ranked}
+    eligible = plan_global(
+        ranked,
+        sum(widths.values()),
+        original_widths=setup.original_widths,
+        protected=protected,
+        floor_by=setup.floor_by,
+    )
+    order = sorted(
+        (float(ranked[name][i]), pos, int(i), name)
+        for pos, name in enumerate(ranked)
+        for i in eligible.remove[name].tolist()
+    )
+    chosen: dict[str, list[int]] = {}
+    selected = 0
+    for _, _, i, name in order:
+        if selected >= n:
+            break
+        chosen.setdefault(name, []).append(i)
+        selected += len(group_of.get(name, (name,)))
+    return {k: sorted(v) for k, v in chosen.items()}, selected
+
+
+def plan_round(
+    scores: Mapping[str, Tensor],
+    setup: PruneSetup,
+    widths: Mapping[str, int],
+    masked: Mapping[str, list[int]],
+    round_index: int,
+    measure_name: str,
+) -> RoundPlan:
+    """Which filters round ``round_index`` prunes (module docstring: counting and ranking)."""
+    missing = sorted(set(widths) - set(scores))
+    if missing:
+        raise ModelError(f"no importance scores for layer {missing[0]!r}")
+    alive = alive_indices(widths, masked)
+    alive_total = sum(len(v) for v in alive.values())
+    n = filters_to_prune(setup.total_original, alive_total, setup.schedule, round_index)
+    if setup.mode == "full" and setup.coupled:
+        if any(masked.values()):
+            raise ModelError("full-mode pruning of a model with masked channels")
+        chosen, selected = _full_mode_plan(scores, setup, widths, n, measure_name)
+        plan = {k: torch.tensor(v, dtype=torch.long) for k, v in chosen.items()}
+    else:
+        compressed = {
+            name: scores[name].double()[torch.tensor(alive[name], dtype=torch.long)]
+            for name in widths
+        }
+        ranking = plan_global(
+            compressed,
+            n,
+            original_widths=setup.original_widths,
+            protected={p for p in setup.protected if p in compressed},
+            floor_by=setup.floor_by,
+        )
+        plan = {
+            k: torch.tensor(alive[k], dtype=torch.long)[v]
+            for k, v in ranking.remove.items()
+            if v.numel()
+        }
+        selected = ranking.n_removed
+    return RoundPlan(
+        plan=plan,
+        n_requested=n,
+        n_selected=selected,
+        shortfall=max(0, n - selected),
+        alive_before=alive_total,
+    )
+
+
+def apply_round(
+    model: nn.Module,
+    optimizer: torch.optim.SGD,
+    plan: Mapping[str, Tensor],
+    setup: PruneSetup,
+    example: Tensor,
+    history: PruningHistory,
+    preserve_momentum: bool,
+) -> tuple[PruneRecord, torch.optim.SGD]:
+    """Surgery (``prune_filters`` in ``setup.mode``, appended to ``history``) and the rebuilt
+    optimizer (``rebuild_sgd``: momentum carried over if ``preserve_momentum``, else reset)."""
+    old = dict(model.named_parameters())
+    record = prune_filters(model, dict(plan), example, setup.mode, history)
+    new_opt = rebuild_sgd(model, optimizer, old, record.kept_index_map, preserve_momentum)
+    return record, new_opt
