@@ -75,6 +75,14 @@ def _print_table(results: list) -> None:
     print("-" * len(header))
     for r in results:
         order = r.details.get("observed_order", r.details.get("fd_observed_order"))
+        if r.kind == "statistical" and r.details.get("ci_low") is not None:
+            lo, hi = r.details["ci_low"], r.details["ci_high"]
+            print(
+                f"{r.id:5} {r.case[:46]:46} {_fmt(r.measured):>12} {'> 0':>12} "
+                f"CI [{_fmt(lo, '+.3g')}, {_fmt(hi, '+.3g')}]  n={r.details.get('n_seeds')}"
+                f"  {r.verdict}"
+            )
+            continue
         print(
             f"{r.id:5} {r.case[:46]:46} {_fmt(r.measured):>12} {_fmt(r.expected):>12} "
             f"{_fmt(r.error, '.2e'):>9} {_fmt(r.tolerance, '.2e'):>9} "
@@ -110,7 +118,12 @@ def cmd_check(args: argparse.Namespace) -> int:
         ]
     else:
         problems = builtin_problems()
-    ctx = CheckContext(problems=problems, scale=args.scale)
+    options: dict = {}
+    if args.runs_dir:
+        options["runs_dir"] = args.runs_dir
+    if args.seeds:
+        options["seeds"] = args.seeds
+    ctx = CheckContext(problems=problems, scale=args.scale, options=options)
     results = []
     started = time.time()
     from tqdm import tqdm
@@ -171,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--samples", type=int, default=16, help="random samples for --model")
     check.add_argument("--loss", default="cross_entropy", choices=["cross_entropy", "mse"])
     check.add_argument("--temperature", type=float, default=5.0)
+    check.add_argument(
+        "--runs-dir", help="finished runs for the statistical claims (--scale paper)"
+    )
+    check.add_argument("--seeds", type=int, help="seeds for the statistical claims (quick scale)")
     check.add_argument("--quiet", action="store_true", help="no progress bar")
     check.set_defaults(func=cmd_check)
 
