@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-VECTORS = Path(__file__).resolve().parents[2] / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parent / "data" / "vectors"  # copied from ../shared/vectors
 NETS = ("official_tiny_vgg", "official_tiny_cnn_bnfirst")
 #: official measure flag -> our registry name
 OFFICIAL_NAMES = {
