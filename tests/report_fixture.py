@@ -90,7 +90,14 @@ def h1(case: str) -> ClaimResult:
 def s3_records() -> list[ClaimResult]:
     """Two S3 records as gfverify's S3 writes them: τ per epoch and seed in a shared series."""
     tau = [[0.6 - 0.05 * e + 0.02 * s for e in range(5)] for s in range(3)]
-    series = {"epoch": [1, 2, 3, 4, 5], "tau_taylor_fo": tau}
+    importance = [[1e-4 * (f + 1) for f in range(12)] for _ in range(3)]
+    change = [[(-1) ** f * 1e-4 * (f + 1 + s * (f % 3)) for f in range(12)] for s in range(3)]
+    series = {
+        "epoch": [1, 2, 3, 4, 5],
+        "tau_taylor_fo": tau,
+        "importance": importance,  # per seed: |θ_fᵀg_f| of each filter at the pruning epoch
+        "loss_change": change,  # per seed: ΔL_f (signed) of removing each filter
+    }
     early = decide([t[0] for t in tau], test="one-sample t")
     trend = decide([t[0] - t[-1] for t in tau])
     return [

@@ -232,8 +232,8 @@ def test_s3_without_pairs_draws_tau_over_epochs_from_records():
 
     records = [{"epoch": e, "kendall_tau": 0.1 * e} for e in (1, 2, 3)]
     svg = importance_vs_loss_change(s3({"series": records}))
-    assert "Kendall τ of importance" in svg
-    with pytest.raises(Unavailable, match="no series importance"):
+    assert "S3: τ over training" in svg and "not available: series absent" in svg
+    with pytest.raises(Unavailable, match="none of the series importance"):
         importance_vs_loss_change(s3({"effect": 0.5}))
 
 

@@ -452,73 +452,70 @@ def _seed_lines(ax: Any, xs: list[Any] | None, values: list[Any], label: str, **
             ax.plot(x, row[:n], lw=0.6, alpha=0.35, color=line.get_color())
 
 
-def _unique_series(rows: Sequence[ClaimRow]) -> list[ClaimRow]:
-    """Records of one claim whose raw series differ (several records often share one)."""
-    seen: set[str] = set()
-    out = []
-    for r in rows:
-        key = repr(r.details.get("series", r.details))
-        if key not in seen:
-            seen.add(key)
-            out.append(r)
-    return out
+def _s3_scatter(ax: Any, r: ClaimRow) -> bool:
+    """importance vs |ΔL| per seed (log-log), τ-b per seed computed here as S3 does."""
+    imp, change = series(r.details, "importance"), series(r.details, "loss_change")
+    if imp is None or change is None:
+        return False
+    drawn = False
+    for k, (gx, gy) in enumerate(zip(_per_seed(imp[1]), _per_seed(change[1]))):
+        pts = [(a, abs(b)) for a, b in zip(gx, gy) if math.isfinite(a) and math.isfinite(b)]
+        if len(pts) < 2:
+            continue
+        tau = kendall_tau(*zip(*pts))
+        shown = [(a, b) for a, b in pts if a > 0 and b > 0]
+        if shown:
+            ax.scatter(*zip(*shown), s=7, alpha=0.6, label=f"seed {k}: τ = {tau:.2f}")
+            drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("importance |θ_fᵀg_f|")
+        ax.set_ylabel("|actual loss change| on removing f")
+        ax.set_title(f"S3: {r.case}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    return drawn
+
+
+def _s3_taus(ax: Any, r: ClaimRow) -> bool:
+    """Kendall τ(importance, |ΔL|) over epochs: each seed thin, the mean thick."""
+    tau, t = series(r.details, "tau"), series(r.details, "time")
+    if tau is None:
+        return False
+    _seed_lines(ax, t[1] if t else None, tau[1], tau[0])
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel(t[0] if t else "index")
+    ax.set_ylabel("Kendall τ")
+    ax.set_title("S3: τ over training", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return True
 
 
 def importance_vs_loss_change(rows: Sequence[ClaimRow]) -> str:
-    """S3: each filter's importance |θ_pᵀg| against the actual loss change of removing it, with
-    Kendall τ in the legend; when only τ per epoch is recorded (gfverify's S3), τ over epochs
-    per seed and their mean."""
+    """S3, from the first record with raw series: left, each filter's importance |θ_fᵀg_f|
+    against the actual |ΔL_f| of removing it, with Kendall τ-b per seed; right, τ over
+    epochs. Either panel may be absent; both absent: Unavailable."""
     cases = _rows(rows, "S3")
     if not cases:
         raise Unavailable("no S3 result in the claims file(s)")
-    fig, (ax,) = _figure(6.4, 4.4)
-    drawn = 0
-    for r in cases:
-        imp, change = series(r.details, "importance"), series(r.details, "loss_change")
-        if imp is None or change is None:
-            continue
-        for k, (gx, gy) in enumerate(zip(_per_seed(imp[1]), _per_seed(change[1]))):
-            pts = [(a, b) for a, b in zip(gx, gy) if math.isfinite(a) and math.isfinite(b)]
-            if len(pts) >= 2:
-                px, py = zip(*pts)
-                tau = kendall_tau(px, py)
-                ax.scatter(px, py, s=8, alpha=0.6, label=f"{r.case} [{k}]: τ = {tau:.2f}")
-                drawn += 1
-    if not drawn:
-        return _s3_taus(cases)
-    ax.set_xscale("symlog", linthresh=1e-8)
-    ax.set_yscale("symlog", linthresh=1e-8)
-    ax.set_xlabel("importance |θ_pᵀg|")
-    ax.set_ylabel("actual loss change on removal")
-    ax.set_title("S3: importance vs actual loss change (Kendall τ)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-    return svg_text(fig, "fig-s3")
-
-
-def _s3_taus(cases: Sequence[ClaimRow]) -> str:
-    """S3 without per-filter pairs: Kendall τ(importance, actual change) over epochs."""
-    fig, (ax,) = _figure(6.4, 4.0)
-    drawn = 0
-    xlabel = "index"
-    for r in _unique_series(cases):
-        tau, t = series(r.details, "tau"), series(r.details, "time")
-        if tau is None:
-            continue
-        xlabel = t[0] if t else xlabel
-        _seed_lines(ax, t[1] if t else None, tau[1], f"{tau[0]}")
-        drawn += 1
-    if not drawn:
-        looked = (
-            "/".join(SERIES_NAMES["importance"]) + " with " + "/".join(SERIES_NAMES["loss_change"])
+    has = ("importance", "tau")
+    r = next((c for c in cases if any(series(c.details, k) for k in has)), cases[0])
+    fig, (ax, ax2) = _figure(10.0, 4.2, 2)
+    a, b = _s3_scatter(ax, r), _s3_taus(ax2, r)
+    if not (a or b):
+        roles = ("importance", "loss_change", "tau")
+        raise Unavailable(
+            "S3 details have none of the series "
+            + ", ".join("/".join(SERIES_NAMES[k]) for k in roles)
         )
-        raise Unavailable(f"S3 details have no series {looked}, nor a Kendall τ series")
-    ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Kendall τ(importance, |actual loss change|)")
-    ax.set_title("S3: Kendall τ of importance vs actual loss change", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    for panel, ok in ((ax, a), (ax2, b)):
+        if not ok:
+            panel.text(
+                0.5, 0.5, "not available: series absent", ha="center", transform=panel.transAxes
+            )
+            panel.set_axis_off()
     return svg_text(fig, "fig-s3")
 
 
@@ -529,7 +526,7 @@ def flow_vs_sgd(rows: Sequence[ClaimRow]) -> str:
     cases = _rows(rows, "F1")
     if not cases:
         raise Unavailable("no F1 result in the claims file(s)")
-    fig, (ax, ax2) = _figure(10.0, 3.8, 2)
+    fig, (ax, ax2) = _figure(11.0, 3.8, 2)
     drawn = taus = 0
     t_name = "index"
     for r in cases:
@@ -551,7 +548,10 @@ def flow_vs_sgd(rows: Sequence[ClaimRow]) -> str:
             a.set_xlabel(xlabel)
             a.set_ylabel(ylabel)
             a.grid(alpha=0.3)
-            a.legend(fontsize=6)
+            if a is ax2:  # one line per setting: the legend goes beside the panel
+                a.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            else:
+                a.legend(fontsize=6)
         else:
             a.text(0.5, 0.5, "not available: series absent", ha="center", transform=a.transAxes)
             a.set_axis_off()
