@@ -360,13 +360,17 @@ def test_main_job_without_arguments(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(report_cmd, "run_quick_claims", fake_claims)
     monkeypatch.setattr(report_cmd, "TRAIN_FN", fx.train_report)
+    stale = fx.configs(("loss_preservation",), (0,))[0]  # a run of an older smoke.toml
+    fx.write_runs(tmp_path / "runs" / "smoke", [stale])
     assert main(["report", "--quiet"]) == 0
     out = tmp_path / "reports" / "latest" / "index.html"
     assert capsys.readouterr().out.strip() == str(Path("reports/latest/index.html"))
     assert calls == [Path("reports/latest/claims.json")]
-    assert len(list((tmp_path / "runs" / "smoke").iterdir())) == 2
+    assert len(list((tmp_path / "runs" / "smoke").iterdir())) == 3
     html = out.read_text()
-    assert "gfverify run experiments/smoke.toml --runs-dir runs/smoke" in html
+    sweep = "gfverify sweep experiments/smoke.toml --runs-dir runs/smoke"
+    assert html.count(sweep) == 2  # the two runs of today's smoke.toml, not the stale one
+    assert f"gfverify run {run_id(stale)}.toml --runs-dir runs/smoke" in html
     assert all(_parse(html).figures[f]["available"] == "yes" for f in ALL_FIGURES)
 
 

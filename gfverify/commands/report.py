@@ -66,19 +66,27 @@ def find_smoke_config(name: str = SMOKE_CONFIG) -> Path | None:
     return None
 
 
-def run_smoke(config_path: Path | None, runs_dir: Path, quiet: bool = False) -> list[Gap]:
-    """Execute every config of the smoke experiment (resumable: finished runs are skipped)."""
+def run_smoke(
+    config_path: Path, runs_dir: Path, quiet: bool = False
+) -> tuple[list[Gap], dict[str, str]]:
+    """Execute every config of the smoke experiment (finished runs are skipped). Returns the
+    gaps and, per run id of this experiment, the command that regenerates it."""
     from tqdm import tqdm
 
-    from gfverify.config import expand_grid
+    from gfverify.config import expand_grid, run_id
     from gfverify.runs import execute
 
-    if config_path is None:
-        return [Gap("smoke experiment", f"{SMOKE_CONFIG} not found")]
     try:
         configs = expand_grid(config_path)
     except GfverifyError as exc:
-        return [Gap(str(config_path), str(exc))]
+        return [Gap(str(config_path), str(exc))], {}
+    verb = "run" if len(configs) == 1 else "sweep"
+    shown = (
+        config_path.relative_to(Path.cwd())
+        if config_path.is_relative_to(Path.cwd())
+        else config_path
+    )
+    command = shlex.join(["gfverify", verb, str(shown), "--runs-dir", str(runs_dir)])
     gaps: list[Gap] = []
     with _quiet_trainer(quiet):
         for config in tqdm(configs, desc="smoke runs", unit="run", disable=quiet, file=sys.stderr):
@@ -88,7 +96,7 @@ def run_smoke(config_path: Path | None, runs_dir: Path, quiet: bool = False) -> 
                 gaps.append(Gap("smoke experiment", str(exc).splitlines()[0]))
                 if "cannot import train_fn" in str(exc):
                     break  # every other run would fail the same way
-    return gaps
+    return gaps, {run_id(c): command for c in configs}
 
 
 @contextlib.contextmanager
@@ -126,10 +134,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         gaps += run_quick_claims(claims_path, args.quiet)
         smoke = find_smoke_config(args.smoke_config)
         _say(f"2/3 smoke experiment {smoke or args.smoke_config} -> {runs_dir}")
-        gaps += run_smoke(smoke, runs_dir, args.quiet)
-        known[str(runs_dir)] = shlex.join(
-            ["gfverify", "run", args.smoke_config, "--runs-dir", str(runs_dir)]
-        )
+        if smoke is None:
+            gaps.append(Gap("smoke experiment", f"{args.smoke_config} not found"))
+        else:
+            smoke_gaps, known = run_smoke(smoke, runs_dir, args.quiet)
+            gaps += smoke_gaps
         runs, claims = [runs_dir], [claims_path]
         command = shlex.join(["gfverify", "report", "-o", str(out)])
         _say("3/3 report")

@@ -599,15 +599,15 @@ class Command:
 
 
 def run_command(run: Run, known: Mapping[str, str] | None = None) -> Command:
-    """The command recorded for the run (env.json 'command'/'argv', or ``known[runs_dir]``),
+    """The command recorded for the run (env.json 'command'/'argv', or ``known[run_id]``),
     else ``gfverify run <run_id>.toml --runs-dir <dir>`` with that TOML (the stored config)."""
     what = f"run {run.run_id} ({run.dataset} / {run.network} / {run.measure}, seed {run.seed})"
     recorded = first_present(run.env, ("command", "argv"))
     if recorded is not None:
         cmd = recorded[1]
         return Command(what, " ".join(map(str, cmd)) if isinstance(cmd, list) else str(cmd))
-    if known and run.runs_dir in known:
-        return Command(what, known[run.runs_dir])
+    if known and run.run_id in known:
+        return Command(what, known[run.run_id])
     name = f"{run.run_id}.toml"
     return Command(
         what,
