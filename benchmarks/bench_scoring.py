@@ -27,16 +27,12 @@ model and inputs; and the HVP pass alone (given ḡ) by ``flow.hvp`` reverse-ove
 forward-over-reverse (ResNet-56 only: one MobileNet call ran > 3 min under load) and
 ``flow.hvp_double_backward``, each divided by one gradient on the same data.
 
-Networks with grouped (depthwise) convs also run ``grasp`` under :class:`FastGroupedConv`, a
-prototype measured here, not part of gfverify: PyTorch's double backward of a grouped conv
+Networks with grouped (depthwise) convs also run ``grasp`` with ``whole_layer_grouped=False``
+(variant ``[native grouped conv]``): PyTorch's own double backward of a grouped conv, which
 loops over the groups (``_convolution_double_backward`` computes ∂gI/∂W one group at a time:
-one small conv per channel, 4480 channels in MobileNet-V1's depthwise layers, per chunk). On
-the quiet 2-core machine that made MobileNet-V1's HVP pass 4.35 gradients instead of 3.63;
-under heavy load from other processes it was ~16 (thousands of tiny multi-threaded ops). The
-prototype routes grouped ``conv2d`` calls through an ``autograd.Function`` whose
-backward is another ``autograd.Function`` with a hand-written backward made of whole-layer
-native conv kernels (forward conv, input gradient, weight gradient). Same function, so scores
-agree to float rounding (``max_rel_diff`` is reported against the official scores).
+one small conv per channel, 4480 channels in MobileNet-V1's depthwise layers, per chunk).
+gfverify's default (:mod:`gfverify.grouped_conv`) uses whole-layer kernels instead; the pair
+shows what that gains. Same function, so scores agree to float rounding.
 
 ``float64``: the float32 scores of GraSP at T = 200 on a random-init net carry large rounding
 errors (ḡ is a small average of large per-class gradients: ~3-5e-3 against float64 on 512
@@ -61,18 +57,16 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.utils import _pair
-from torch.overrides import TorchFunctionMode
 
 from benchmarks import common
 from gfverify import flow
 from gfverify.flow import Batch, LossSpec
+from gfverify.grouped_conv import has_grouped_conv
 from gfverify.measures import MEASURES, score
 from gfverify.models import build_model
 
@@ -223,104 +217,6 @@ def agreement(mine: dict[str, Tensor], ref: dict[str, Tensor]) -> dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------------
-# Prototype: grouped conv2d whose double backward uses whole-layer native kernels
-
-
-def _conv_backward(g_out: Tensor, x: Tensor, w: Tensor, cfg: tuple, mask: list[bool]):
-    stride, padding, dilation, groups = cfg
-    return torch.ops.aten.convolution_backward(
-        g_out, x, w, None, stride, padding, dilation, False, [0, 0], groups, mask
-    )
-
-
-class _GroupedConvGrads(torch.autograd.Function):
-    """(gI, gW) = the input and weight gradients of y = conv2d(x, w) given gO = ∂L/∂y.
-
-    Backward, given (ggI, ggW): ∂/∂gO = conv2d(ggI, w) + conv2d(x, ggW); ∂/∂x = input gradient
-    of conv2d(·, ggW) at gO; ∂/∂w = weight gradient of conv2d(ggI, ·) at gO. All whole-layer
-    grouped kernels, no loop over groups.
-    """
-
-    @staticmethod
-    def forward(g_out: Tensor, x: Tensor, w: Tensor, cfg: tuple) -> tuple[Tensor, Tensor]:
-        g_in, g_w, _ = _conv_backward(g_out, x, w, cfg, [True, True, False])
-        return g_in, g_w
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        g_out, x, w, cfg = inputs
-        ctx.save_for_backward(g_out, x, w)
-        ctx.cfg = cfg
-
-    @staticmethod
-    def backward(ctx: Any, gg_in: Tensor | None, gg_w: Tensor | None):
-        g_out, x, w = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.cfg
-        d_gout = d_x = d_w = None
-        if gg_in is not None:
-            d_gout = F.conv2d(gg_in, w, None, stride, padding, dilation, groups)
-            d_w = _conv_backward(g_out, gg_in, w, ctx.cfg, [False, True, False])[1]
-        if gg_w is not None:
-            t = F.conv2d(x, gg_w, None, stride, padding, dilation, groups)
-            d_gout = t if d_gout is None else d_gout + t
-            d_x = _conv_backward(g_out, x, gg_w, ctx.cfg, [True, False, False])[0]
-        return d_gout, d_x, d_w, None
-
-
-class _GroupedConv(torch.autograd.Function):
-    """y = conv2d(x, w) (no bias) with backward :class:`_GroupedConvGrads` (differentiable)."""
-
-    @staticmethod
-    def forward(x: Tensor, w: Tensor, cfg: tuple) -> Tensor:
-        stride, padding, dilation, groups = cfg
-        return F.conv2d(x, w, None, stride, padding, dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        x, w, cfg = inputs
-        ctx.save_for_backward(x, w)
-        ctx.cfg = cfg
-
-    @staticmethod
-    def backward(ctx: Any, g_out: Tensor):
-        x, w = ctx.saved_tensors
-        g_in, g_w = _GroupedConvGrads.apply(g_out, x, w, ctx.cfg)
-        return g_in, g_w, None
-
-
-class FastGroupedConv(TorchFunctionMode):
-    """While active, ``conv2d`` with groups > 1 (numeric padding) runs as :class:`_GroupedConv`.
-
-    Reverse mode only (``torch.autograd`` and ``torch.func.grad``/``vjp``): the Functions define
-    no jvp, so forward-over-reverse raises. Checked in float64 against the plain path (stride 2,
-    dilation, groups < channels, bias): Hv equal to 6e-16 relative.
-    """
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.conv2d or func is F.conv2d:
-            names = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
-            defaults = (None, None, None, 1, 0, 1, 1)
-            a = dict(zip(names, defaults)) | dict(zip(names, args)) | kwargs
-            if a["groups"] > 1 and not isinstance(a["padding"], str) and a["input"].dim() == 4:
-                cfg = (
-                    list(_pair(a["stride"])),
-                    list(_pair(a["padding"])),
-                    list(_pair(a["dilation"])),
-                    int(a["groups"]),
-                )
-                out = _GroupedConv.apply(a["input"], a["weight"], cfg)
-                if a["bias"] is not None:
-                    out = out + a["bias"].view(1, -1, 1, 1)
-                return out
-        return func(*args, **kwargs)
-
-
-def has_grouped_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) and m.groups > 1 for m in model.modules())
-
-
-# --------------------------------------------------------------------------------------------
 # Parts
 
 
@@ -328,10 +224,12 @@ def _granularity(name: str) -> str:
     return "filter" if "filter" in MEASURES[name].granularities else "weight"
 
 
-def _score_fn(model: nn.Module, name: str, data: list[Batch], samples: int, fast=False, **kw):
+NATIVE = "[native grouped conv]"
+
+
+def _score_fn(model: nn.Module, name: str, data: list[Batch], samples: int, **kw):
     def f() -> dict[str, Tensor]:
-        with FastGroupedConv() if fast else nullcontext():
-            return score(model, name, data, granularity=_granularity(name), samples=samples, **kw)
+        return score(model, name, data, granularity=_granularity(name), samples=samples, **kw)
 
     return f
 
@@ -346,7 +244,7 @@ def time_measures(
     warm_up(model, data)
     fns = {n: _score_fn(model, n, data, samples) for n in names}
     if has_grouped_conv(model) and "grasp" in names:
-        fns["grasp[FastGroupedConv]"] = _score_fn(model, "grasp", data, samples, fast=True)
+        fns[f"grasp{NATIVE}"] = _score_fn(model, "grasp", data, samples, whole_layer_grouped=False)
     _, times = interleaved(fns, repeats=1)
     seconds = {k: round(v["median_s"], 3) for k, v in times.items()}
     cpu = {k: round(v["median_cpu_s"], 3) for k, v in times.items()}
@@ -384,7 +282,9 @@ def compare_official(
 
     fns = {"official": official, "gfverify": _score_fn(model, "grasp", data, samples)}
     if has_grouped_conv(model):
-        fns["gfverify[FastGroupedConv]"] = _score_fn(model, "grasp", data, samples, fast=True)
+        fns[f"gfverify{NATIVE}"] = _score_fn(
+            model, "grasp", data, samples, whole_layer_grouped=False
+        )
     results, times = interleaved(fns, repeats)
     ref_s = times["official"]["median_s"]
     ref_cpu = times["official"]["median_cpu_s"]
@@ -431,15 +331,15 @@ def float64_check(model_name: str, samples: int = QUICK_SAMPLES) -> dict[str, An
         "float64_gfverify_vs_official": agreement(score(m64, "grasp", d64, samples=samples), o64),
         "float32_official_vs_float64_official": agreement(o32, o64_as32),
     }
-    variants = {"gfverify": False, "gfverify[FastGroupedConv]": True}
-    for name, fast in variants.items():
-        if fast and not has_grouped_conv(m32):
+    variants = {"gfverify": True, f"gfverify{NATIVE}": False}
+    for name, whole_layer in variants.items():
+        if not whole_layer and not has_grouped_conv(m32):
             continue
-        g32 = _score_fn(m32, "grasp", data, samples, fast=fast)()
+        g32 = _score_fn(m32, "grasp", data, samples, whole_layer_grouped=whole_layer)()
         out[f"float32_{name}_vs_float64_official"] = agreement(g32, o64_as32)
         out[f"float32_{name}_vs_float32_official"] = agreement(g32, o32)
-        if fast:
-            g64 = _score_fn(m64, "grasp", d64, samples, fast=True)()
+        if not whole_layer:
+            g64 = _score_fn(m64, "grasp", d64, samples, whole_layer_grouped=False)()
             out[f"float64_{name}_vs_official"] = agreement(g64, o64)
     return out
 
@@ -467,8 +367,8 @@ def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> d
         fns[f"grasp_cbs{cbs}"] = _score_fn(model, "grasp", data, samples, compute_batch_size=cbs)
     fns["grasp_cbs128_channels_last"] = channels_last_grasp
     if has_grouped_conv(model):
-        fns["grasp_cbs128_FastGroupedConv"] = _score_fn(
-            model, "grasp", data, samples, fast=True, compute_batch_size=128
+        fns["grasp_cbs128_native_grouped"] = _score_fn(
+            model, "grasp", data, samples, whole_layer_grouped=False, compute_batch_size=128
         )
 
     # The HVP pass alone, given ḡ, on 128-sample chunks, against one gradient on them.
@@ -486,12 +386,9 @@ def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> d
             model, chunks, loss, gbar, theta, method="forward_over_reverse"
         )
     else:
-
-        def fast_rev() -> Any:
-            with FastGroupedConv():
-                return flow.hvp(model, chunks, loss, gbar, theta)
-
-        fns["pass_hvp_rev_over_rev_FastGroupedConv"] = fast_rev
+        fns["pass_hvp_rev_over_rev_native_grouped"] = lambda: flow.hvp(
+            model, chunks, loss, gbar, theta, whole_layer_grouped=False
+        )
     _, times = interleaved(fns, repeats)
     med = {k: v["median_s"] for k, v in times.items()}
     cpu = {k: v["median_cpu_s"] for k, v in times.items()}
@@ -506,9 +403,9 @@ def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> d
     ratios["grasp_channels_last_over_default"] = (
         med["grasp_cbs128_channels_last"] / med["grasp_cbs128"]
     )
-    if "grasp_cbs128_FastGroupedConv" in med:
-        ratios["grasp_FastGroupedConv_over_default"] = (
-            med["grasp_cbs128_FastGroupedConv"] / med["grasp_cbs128"]
+    if "grasp_cbs128_native_grouped" in med:
+        ratios["grasp_native_grouped_over_default"] = (
+            med["grasp_cbs128_native_grouped"] / med["grasp_cbs128"]
         )
     for k in med:
         if k.startswith("pass_hvp"):

@@ -266,7 +266,11 @@ class MeasureConfig(_Section):
 @dataclass(frozen=True)
 class PruneConfig(_Section):
     """Pruning protocol. ``ratio`` = fraction of filters removed in total; ``thresholds`` are
-    cumulative removed fractions, one per round (``schedule="thresholds"`` only)."""
+    cumulative removed fractions, one per round (``schedule="thresholds"`` only).
+    ``count_tied_twice``: the official MobileNet quirk (spec §6 item 12): a layer feeding a
+    depthwise conv enters the global ranking twice (its duplicate removes nothing but uses up
+    the round's budget). Off by default, like the other official quirks (``floor="index"``):
+    ``--set prune.count_tied_twice=true`` reproduces the official ranking."""
 
     _prefix: ClassVar[str] = "prune."
 
@@ -278,6 +282,7 @@ class PruneConfig(_Section):
     resnet_mode: Literal["paper", "full"] = _f("paper")
     preserve_momentum: bool = _f(False)
     ema_batches: int = _f(0, _range(0))
+    count_tied_twice: bool = _f(False)
 
     def _validate(self) -> None:
         th = self.thresholds

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,6 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp
+
+from gfverify import autotune
+from gfverify.grouped_conv import whole_layer_grouped_conv
 
 Params = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -160,7 +163,47 @@ def gradient(
     return acc
 
 
-HvpMethod = Literal["reverse_over_reverse", "forward_over_reverse"]
+HvpMethod = Literal["reverse_over_reverse", "forward_over_reverse", "auto"]
+#: The exact methods ``method="auto"`` chooses from, in order of preference on a tie.
+HVP_METHODS = ("reverse_over_reverse", "forward_over_reverse")
+
+
+def _hvp_batch(
+    model: nn.Module,
+    loss: LossSpec,
+    x: Tensor,
+    y: Tensor,
+    params: Params,
+    tangent: Params,
+    method: str,
+    whole_layer_grouped: bool,
+) -> tuple[Params, Params]:
+    """(∇L_b, ∇²L_b·v) on one batch by ``method`` (eval mode set by the caller)."""
+    grad_fn = grad(_batch_loss_fn(model, loss, x, y))
+    if method == "reverse_over_reverse":
+        grouped = whole_layer_grouped_conv(model) if whole_layer_grouped else nullcontext()
+        with grouped:
+            g_b, pullback = vjp(grad_fn, params)
+            (hv_b,) = pullback(tangent)
+    elif method == "forward_over_reverse":
+        g_b, hv_b = jvp(grad_fn, (params,), (tangent,))
+    else:
+        raise ValueError(f"unknown HVP method {method!r}; use one of {(*HVP_METHODS, 'auto')}")
+    return {k: t.detach() for k, t in g_b.items()}, {k: t.detach() for k, t in hv_b.items()}
+
+
+def _autotune_key(model: nn.Module, loss: LossSpec, x: Tensor, params: Params, grouped: bool):
+    shapes = tuple((k, tuple(v.shape)) for k, v in params.items())
+    return (
+        "hvp",
+        type(model).__qualname__,
+        shapes,
+        tuple(x.shape),
+        x.dtype,
+        str(x.device),
+        loss,
+        grouped,
+    )
 
 
 def hvp(
@@ -170,6 +213,7 @@ def hvp(
     vector: Params,
     params: Params | None = None,
     method: HvpMethod = "reverse_over_reverse",
+    whole_layer_grouped: bool = True,
 ) -> tuple[Params, Params]:
     """(g, Hv) with Hv = Σ_b (n_b/N) ∇²L_b · v, by ``torch.func`` in one pass per batch.
 
@@ -177,8 +221,13 @@ def hvp(
       Measured fastest on CPU (benchmarks/bench_hvp.py: ~3.7× a gradient on ResNet-56 vs
       ~8× for forward-over-reverse, whose jvp through conv backward is slow there).
     - ``forward_over_reverse``: ``jvp(grad(L), θ, v)``.
+    - ``auto``: the faster of the two for this case, timed on the first batch and remembered
+      (:mod:`gfverify.autotune`); opt-in, since a timed choice is not bit-reproducible.
 
-    Both return the gradient as well, since the outer transform evaluates ``grad(L)``.
+    All return the gradient as well, since the outer transform evaluates ``grad(L)``.
+    With ``whole_layer_grouped`` (reverse mode only), grouped/depthwise convs differentiate
+    twice through whole-layer kernels (:mod:`gfverify.grouped_conv`) instead of PyTorch's
+    per-group loop: the same Hv to rounding, faster on depthwise networks.
     """
     params = _resolve(model, params)
     tangent = {k: vector[k].to(params[k].dtype) for k in params}
@@ -186,16 +235,22 @@ def hvp(
     hv_acc: Params | None = None
     with eval_mode(model):
         for w, (x, y) in zip(_weights(batches), batches):
-            grad_fn = grad(_batch_loss_fn(model, loss, x, y))
-            if method == "reverse_over_reverse":
-                g_b, pullback = vjp(grad_fn, params)
-                (hv_b,) = pullback(tangent)
-            elif method == "forward_over_reverse":
-                g_b, hv_b = jvp(grad_fn, (params,), (tangent,))
-            else:
-                raise ValueError(f"unknown HVP method {method!r}")
-            g_acc = _axpy(g_acc, w, {k: t.detach() for k, t in g_b.items()})
-            hv_acc = _axpy(hv_acc, w, {k: t.detach() for k, t in hv_b.items()})
+            done = None
+            if method == "auto":
+                key = _autotune_key(model, loss, x, params, whole_layer_grouped)
+
+                def run(m: str, x=x, y=y) -> tuple[Params, Params]:
+                    out = _hvp_batch(model, loss, x, y, params, tangent, m, whole_layer_grouped)
+                    if x.device.type == "cuda":
+                        torch.cuda.synchronize(x.device)
+                    return out
+
+                method, done = autotune.choose(key, HVP_METHODS, run)
+            g_b, hv_b = done or _hvp_batch(
+                model, loss, x, y, params, tangent, method, whole_layer_grouped
+            )
+            g_acc = _axpy(g_acc, w, g_b)
+            hv_acc = _axpy(hv_acc, w, hv_b)
     assert g_acc is not None and hv_acc is not None
     return g_acc, hv_acc
 

@@ -358,3 +358,15 @@ def coupled_groups(
     each in forward order; the first name is the group's representative. Uncoupled layers
     are not listed."""
     return list(analyze(model, example_input).coupled)
+
+
+def depthwise_ties(model: nn.Module, groups: dict[str, FilterGroup]) -> dict[str, tuple[str, ...]]:
+    """Producing layer -> the depthwise convs tied to its output channels (their BatchNorms
+    left out), for the layers that have any: what the official MobileNet ranking counts twice."""
+    modules = dict(model.named_modules())
+    out = {}
+    for name, group in groups.items():
+        convs = tuple(t for t in group.tied if is_depthwise(modules[t]))
+        if convs:
+            out[name] = convs
+    return out

@@ -104,7 +104,15 @@ class ScoringInputs:
         balanced = class_balanced(self.batches, self.num_classes, per_class)
         big = flow.rebatch(balanced, self.compute_batch_size)
         g = flow.gradient(self.model, big, loss, self.theta)
-        _, hg = flow.hvp(self.model, big, loss, g, self.theta)
+        _, hg = flow.hvp(
+            self.model,
+            big,
+            loss,
+            g,
+            self.theta,
+            method=self.opts["hvp_method"],
+            whole_layer_grouped=self.opts["whole_layer_grouped"],
+        )
         return hg
 
     @cached_property
@@ -311,6 +319,8 @@ class ScoreOptions:
     ``temperature`` None → the measure's own (snip: 1) or ``train_temperature`` (5, the
     official training T); ``hg_temperature`` None → the measure's own (GraSP 200, gradient-norm
     preservation 1); ``compute_batch_size`` None → 128 on CPU, 512 on other devices.
+    ``hvp_method`` and ``whole_layer_grouped``: how Hg is computed (see :func:`gfverify.flow.hvp`;
+    every choice gives the same Hg to rounding).
     """
 
     samples: int = 2560
@@ -326,6 +336,8 @@ class ScoreOptions:
     compute_batch_size: int | None = None
     loss_scale: float = 1.0
     groups: dict | None = field(default=None)
+    hvp_method: str = "reverse_over_reverse"
+    whole_layer_grouped: bool = True
 
 
 def _validate_labels(batches: Sequence[Batch], num_classes: int) -> None:

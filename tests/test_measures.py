@@ -194,6 +194,37 @@ def test_gradient_measures_use_whole_batches_until_enough_samples():
     assert len(measures.first_batches(data, 1000)) == 3
 
 
+@pytest.mark.parametrize(
+    "opts",
+    [
+        {"compute_batch_size": 1},
+        {"compute_batch_size": 7},
+        {"hvp_method": "forward_over_reverse"},
+        {"hvp_method": "auto"},
+        {"whole_layer_grouped": False},
+    ],
+)
+def test_hg_computation_options_change_only_rounding(opts):
+    """How Hg is computed (batching, AD method, grouped-conv kernels) is not a modelling choice:
+    scores equal the defaults' to float64 rounding on a net with depthwise convs."""
+    spec = SmallNetSpec(kind="cnn", widths=(4, 4), depthwise=True, residual=True, seed=2)
+    p = _problem(spec, t=5.0, n=12)
+    base = measures.score(p.model, "grasp", p.batches, samples=12)
+    other = measures.score(p.model, "grasp", p.batches, samples=12, **opts)
+    for k in base:
+        torch.testing.assert_close(other[k], base[k], rtol=1e-11, atol=1e-15)
+
+
+def test_compute_batch_size_defaults_to_128_on_cpu_and_rejects_bad_values():
+    spec = SmallNetSpec(kind="cnn", widths=(2,), image_size=3)
+    p = _problem(spec)
+    inputs = measures.ScoringInputs(p.model, p.batches, {"compute_batch_size": None}, 3)
+    assert inputs.compute_batch_size == measures.CPU_COMPUTE_BATCH == 128
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match="compute_batch_size"):
+            measures.score(p.model, "loss_preservation", p.batches, compute_batch_size=bad)
+
+
 def test_describe_lists_every_measure():
     names = [row[0] for row in measures.describe()]
     assert names == list(measures.MEASURES)

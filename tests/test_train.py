@@ -6,6 +6,7 @@ epoch, so every end-to-end run takes a few seconds on a CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from torch import nn
 from gfverify import io as gio
 from gfverify.config import RunConfig, config_to_dict, update_config
 from gfverify.errors import CheckpointError, ConfigError, NonFiniteLossError
-from gfverify.groups import coupled_groups
+from gfverify.groups import coupled_groups, depthwise_ties, filter_groups
 from gfverify.models import build_model
 from gfverify.runs import RunDir, execute, read_metrics, read_status, run_path
 from gfverify.schedule import Schedule
@@ -178,6 +179,30 @@ def test_plan_round_full_mode_ranks_a_coupled_group_once_per_member():
     # magnitude combines as sqrt(s_a² + s_b²) = [5, 1, 5, 12.7]; 4 filters = 2 channels x 2
     assert rp.n_requested == 4
     assert {k: v.tolist() for k, v in rp.plan.items()} == {"a": [0, 1]}
+
+
+def test_count_tied_twice_duplicates_use_up_the_round_budget():
+    """Official MobileNet quirk: 'a' feeds a depthwise conv 'dw', so a's entries rank twice;
+    a selected duplicate removes nothing, so fewer filters are removed than requested."""
+    scores = {"a": torch.tensor([0.1, 0.2, 5, 6]), "b": torch.tensor([1.0, 2, 3, 4])}
+    quirk = dataclasses.replace(_setup("paper"), ties={"a": ("dw",)}, count_tied_twice=True)
+    plain = plan_round(scores, _setup("paper"), {"a": 4, "b": 4}, {}, 0, "magnitude")
+    twice = plan_round(scores, quirk, {"a": 4, "b": 4}, {}, 0, "magnitude")
+    # 4 to prune; plain ranking: a0, a1, b0, b1. With duplicates: a0, a0', a1, a1' -> a0, a1.
+    assert {k: v.tolist() for k, v in plain.plan.items()} == {"a": [0, 1], "b": [0, 1]}
+    assert {k: v.tolist() for k, v in twice.plan.items()} == {"a": [0, 1]}
+    assert twice.n_requested == plain.n_requested == 4
+
+
+def test_depthwise_ties_of_mobilenet_name_one_depthwise_conv_per_feeding_layer():
+    model = build_model("mobilenet_v1", width_mult=0.125)
+    groups = filter_groups(model, torch.zeros(1, 3, 32, 32))
+    ties = depthwise_ties(model, groups)
+    modules = dict(model.named_modules())
+    assert len(ties) == 13  # the stem and the first 12 pointwise convs feed a depthwise conv
+    for src, tied in ties.items():
+        assert len(tied) == 1 and modules[tied[0]].groups == modules[tied[0]].in_channels > 1
+        assert modules[src].out_channels == modules[tied[0]].in_channels
 
 
 def test_apply_round_preserves_or_resets_momentum():

@@ -27,6 +27,7 @@ from gfverify.claims.numerics import (
     central_first,
     central_second,
     geometric_ladder,
+    study_result,
 )
 from gfverify.claims.problems import CheckContext, FlowProblem
 from gfverify.flow import FlowState, Params, Subset
@@ -157,31 +158,19 @@ def identity_result(
 ) -> ClaimResult:
     """Run one identity on one problem and subset, as a ClaimResult with the full study."""
     study = study_identity(problem, spec, subset)
-    details = study.summary()
-    details.update(
-        problem=problem.name,
-        subset=subset_name,
-        loss=problem.loss.kind,
-        temperature=problem.loss.temperature,
-        method="central difference of a DOP853-integrated gradient-flow trajectory",
-    )
+    details = {
+        "problem": problem.name,
+        "subset": subset_name,
+        "loss": problem.loss.kind,
+        "temperature": problem.loss.temperature,
+        "method": "central difference of a DOP853-integrated gradient-flow trajectory",
+    }
     if problem.kinked and not study.passed:
         details["note"] = (
             "ReLU-type kinks: the trajectory may cross a non-differentiable point within ±h, "
             "which breaks the O(h²) expansion; the identity itself holds on each smooth piece"
         )
-    return ClaimResult(
-        id=spec.id,
-        statement=spec.statement,
-        kind="identity",
-        measured=study.estimates[-1],
-        expected=study.closed_form,
-        error=study.relative_errors[-1],
-        tolerance=study.tolerance / study.scale,
-        passed=study.passed,
-        details=details,
-        case=f"{problem.name}/{subset_name}",
-    )
+    return study_result(spec.id, spec.statement, study, f"{problem.name}/{subset_name}", **details)
 
 
 def _run_identity(identity_id: str) -> Callable[[CheckContext], list[ClaimResult]]:

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from gfverify import flow, measures
 from gfverify.claims.base import ClaimResult, register
 from gfverify.claims.identities import IDENTITIES, study_identity
-from gfverify.claims.numerics import ConvergenceStudy, refine_until_asymptotic
+from gfverify.claims.numerics import ConvergenceStudy, refine_until_asymptotic, study_result
 from gfverify.claims.problems import CheckContext, FlowProblem
 from gfverify.flow import LossSpec, Params
 
@@ -243,76 +243,61 @@ def filter_mask(problem: FlowProblem, group: Any, f: int) -> dict[str, Tensor]:
     return out
 
 
-@register("L1", "taylor_fo(f) = |θ_fᵀg| = ½|d‖θ_f‖²/dt| on the integrated flow", group="measures")
-def _l1(ctx: CheckContext) -> list[ClaimResult]:
-    out = []
-    for problem in _ce_problems(ctx):
-        scores = measures.score(problem.model, "taylor_fo", problem.batches, **_score_opts(problem))
-        for lname, group, f in _filter_subsets(problem):
-            study = study_identity(problem, IDENTITIES["E3"], filter_mask(problem, group, f))
-            half_abs = ConvergenceStudy(
-                steps=study.steps,
-                estimates=[0.5 * abs(d) for d in study.estimates],
-                closed_form=float(scores[lname][f]),
-                scale=0.5 * study.scale,
-                floor=[0.5 * x for x in study.floor],
-            )
-            out.append(
-                _study_result(
-                    "L1", half_abs, problem, f"{lname}[{f}]", "taylor_fo(f) = ½|d‖θ_f‖²/dt|"
+def _flow_link(
+    claim_id: str,
+    statement: str,
+    measure: str,
+    identity: str,
+    from_derivative: Callable[[float, float], float],
+) -> Callable[[CheckContext], list[ClaimResult]]:
+    """A claim that ``measure``(f) = from_derivative(dᵏ‖θ_f‖²/dtᵏ, ‖g_f‖²) for each filter f.
+
+    The derivative is the central-difference estimate of ``identity`` (E3: k = 1, E4: k = 2)
+    on the integrated flow; ``from_derivative`` must be affine in it with slope ±½, so the
+    study's scale and round-off floor are halved with it.
+    """
+
+    def run(ctx: CheckContext) -> list[ClaimResult]:
+        out = []
+        for problem in _ce_problems(ctx):
+            scores = measures.score(problem.model, measure, problem.batches, **_score_opts(problem))
+            for lname, group, f in _filter_subsets(problem):
+                subset = filter_mask(problem, group, f)
+                study = study_identity(problem, IDENTITIES[identity], subset)
+                g_f = flow.restrict(problem.state.g, subset)
+                gg = float(g_f @ g_f)
+                linked = ConvergenceStudy(
+                    steps=study.steps,
+                    estimates=[from_derivative(d, gg) for d in study.estimates],
+                    closed_form=float(scores[lname][f]),
+                    scale=0.5 * study.scale,
+                    floor=[0.5 * x for x in study.floor],
                 )
-            )
-    return out
+                out.append(_study_result(claim_id, statement, linked, problem, f"{lname}[{f}]"))
+        return out
+
+    return run
 
 
-@register(
+_l1 = register(
+    "L1", "taylor_fo(f) = |θ_fᵀg| = ½|d‖θ_f‖²/dt| on the integrated flow", group="measures"
+)(_flow_link("L1", "taylor_fo(f) = ½|d‖θ_f‖²/dt|", "taylor_fo", "E3", lambda d, gg: 0.5 * abs(d)))
+_l2 = register(
     "L2", "grasp(f) = θ_fᵀHg = ½ d²‖θ_f‖²/dt² − ‖g_f‖² on the integrated flow", group="measures"
-)
-def _l2(ctx: CheckContext) -> list[ClaimResult]:
-    out = []
-    for problem in _ce_problems(ctx):
-        scores = measures.score(problem.model, "grasp", problem.batches, **_score_opts(problem))
-        for lname, group, f in _filter_subsets(problem):
-            subset = filter_mask(problem, group, f)
-            study = study_identity(problem, IDENTITIES["E4"], subset)
-            g_f = flow.restrict(problem.state.g, subset)
-            gg = float(g_f @ g_f)
-            shifted = ConvergenceStudy(
-                steps=study.steps,
-                estimates=[0.5 * d - gg for d in study.estimates],
-                closed_form=float(scores[lname][f]),
-                scale=0.5 * study.scale,
-                floor=[0.5 * x for x in study.floor],
-            )
-            out.append(
-                _study_result(
-                    "L2", shifted, problem, f"{lname}[{f}]", "grasp(f) = ½ d²‖θ_f‖²/dt² − ‖g_f‖²"
-                )
-            )
-    return out
+)(_flow_link("L2", "grasp(f) = ½ d²‖θ_f‖²/dt² − ‖g_f‖²", "grasp", "E4", lambda d, gg: 0.5 * d - gg))
 
 
 def _study_result(
-    claim_id: str,
-    study: ConvergenceStudy,
-    problem: FlowProblem,
-    case: str,
-    statement: str,
-    kind: str = "identity",
+    claim_id: str, statement: str, study: ConvergenceStudy, problem: FlowProblem, case: str
 ) -> ClaimResult:
-    details = study.summary()
-    details.update(problem=problem.name, filter=case, temperature=problem.loss.temperature)
-    return ClaimResult(
-        id=claim_id,
-        statement=statement,
-        kind="identity",
-        measured=study.estimates[-1],
-        expected=study.closed_form,
-        error=study.relative_errors[-1],
-        tolerance=study.tolerance / study.scale,
-        passed=study.passed,
-        details=details,
-        case=f"{problem.name}/{case}",
+    return study_result(
+        claim_id,
+        statement,
+        study,
+        f"{problem.name}/{case}",
+        problem=problem.name,
+        filter=case,
+        temperature=problem.loss.temperature,
     )
 
 
@@ -378,7 +363,7 @@ def _taylor_claim(claim_id: str, which: str, statement: str):
         for problem in _ce_problems(ctx):
             for lname, group, f in _filter_subsets(problem, max_filters=2):
                 study, full, slope = taylor_study(problem, group, f, which)
-                r = _study_result(claim_id, study, problem, f"{lname}[{f}]", statement)
+                r = _study_result(claim_id, statement, study, problem, f"{lname}[{f}]")
                 r.details.update(
                     remainder_order=(
                         None if study.observed_order is None else study.observed_order + 1

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gfverify.claims.base import ClaimResult
+
 
 def central_first(q_plus: float, q_minus: float, h: float) -> float:
     """dQ/dt ≈ [Q(h) − Q(−h)] / 2h, error O(h²)."""
@@ -168,3 +170,27 @@ def refine_until_asymptotic(
             break
     assert study is not None
     return study, steps
+
+
+def study_result(
+    claim_id: str, statement: str, study: ConvergenceStudy, case: str, **details: Any
+) -> ClaimResult:
+    """An identity verdict from a convergence study: the finest estimate against the closed form.
+
+    ``error`` is the finest relative error, ``tolerance`` the derived one (relative), and
+    ``details`` the study's summary updated with the given ``details``.
+    """
+    summary = study.summary()
+    summary.update(details)
+    return ClaimResult(
+        id=claim_id,
+        statement=statement,
+        kind="identity",
+        measured=study.estimates[-1],
+        expected=study.closed_form,
+        error=study.relative_errors[-1],
+        tolerance=study.tolerance / study.scale,
+        passed=study.passed,
+        details=summary,
+        case=case,
+    )

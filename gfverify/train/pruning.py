@@ -33,7 +33,7 @@ ranks m_T instead of scores on the scoring batches.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +57,10 @@ class PruneSetup:
     original_widths: dict[str, int]
     floor_by: str
     schedule: Schedule
+    #: source layer -> the depthwise layers tied to its channels (dense model)
+    ties: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: rank each source layer with ``ties`` twice (the official MobileNet quirk)
+    count_tied_twice: bool = False
 
     @property
     def total_original(self) -> int:
@@ -228,6 +232,8 @@ def plan_round(
             original_widths=setup.original_widths,
             protected={p for p in setup.protected if p in compressed},
             floor_by=setup.floor_by,
+            ties={k: v for k, v in setup.ties.items() if k in compressed},
+            count_tied_twice=setup.count_tied_twice and bool(setup.ties),
         )
         plan = {
             k: torch.tensor(alive[k], dtype=torch.long)[v]

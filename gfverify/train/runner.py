@@ -49,7 +49,7 @@ from gfverify.complexity import count_complexity
 from gfverify.config import RunConfig
 from gfverify.data import load_datasets, make_loaders
 from gfverify.errors import CheckpointError, ModelError
-from gfverify.groups import coupled_groups, filter_groups
+from gfverify.groups import coupled_groups, depthwise_ties, filter_groups
 from gfverify.measures import first_batches, get_measure
 from gfverify.models import build_model, load_factory
 from gfverify.runs import RunDir
@@ -191,6 +191,8 @@ class Trainer:
             original_widths=widths0,
             floor_by=config.prune.floor,
             schedule=make_schedule(config),
+            ties=depthwise_ties(model, groups),
+            count_tied_twice=config.prune.count_tied_twice,
         )
         dense = count_complexity(model, self.input_shape)
         self.dense = {"params": dense.params, "macs": dense.macs}
