@@ -13,9 +13,15 @@ Gradient (the denominator is the faster of the two, named in ``gradient.denomina
 Hessian-vector methods. "Hv given v" methods need g first, so Hg from scratch costs one
 gradient plus their pass; "Hg from scratch" methods get g from the same pass:
 
-- ``fwd_over_rev`` (Hv given v): ``flow.hvp`` = ``jvp(grad(L))``. It returns g as well, but
-  the tangent v = g must be known before the pass starts, so g cannot come from it.
+- ``fwd_over_rev`` (Hv given v): ``flow.hvp(method="forward_over_reverse")`` =
+  ``jvp(grad(L))``. It returns g as well, but the tangent v = g must be known before the pass
+  starts, so g cannot come from it.
 - ``double_backward`` (Hv given v): ``flow.hvp_double_backward``.
+- ``rev_over_fwd`` (Hv given v): ``grad`` of the tangent output of ``jvp(L, θ, v)``, i.e.
+  ∇_θ(∇L · v) with the directional derivative in forward mode (a candidate measured here,
+  not offered by gfverify).
+- ``auto`` (Hv given v): ``flow.hvp(method="auto")``; its first call times the exact methods
+  and keeps the fastest (``auto_choice`` records which, and the trial seconds).
 - ``double_backward_fused`` (Hg from scratch): one forward, a ``create_graph`` backward giving
   g, then ∇_θ(g · stopgrad(g)) = Hg by a second backward.
 - ``rev_over_rev`` (Hg from scratch): ``vjp(grad(L))`` returns g and the pull-back u ↦ uᵀH;
@@ -44,10 +50,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, linearize, vjp
+from torch.func import functional_call, grad, jvp, linearize, vjp
 
 from benchmarks import common
-from gfverify import flow
+from gfverify import autotune, flow
 from gfverify.flow import LossSpec, Params
 
 GOAL_RATIO = 3.0
@@ -155,6 +161,15 @@ def hg_reverse_over_reverse(
     return g, hg
 
 
+def hv_reverse_over_forward(
+    model: nn.Module, loss: LossSpec, x: Tensor, y: Tensor, params: Params, v: Params
+) -> Params:
+    """Hv = ∇_θ(∇L · v) with the directional derivative ∇L · v by forward mode: ``grad`` of
+    ``jvp(L, θ, v)``'s tangent output (not in gfverify: measured here as a candidate)."""
+    f = _loss_fn(model, loss, x, y)
+    return grad(lambda p: jvp(f, (p,), (v,))[1])(params)
+
+
 def hg_linearize(
     model: nn.Module, loss: LossSpec, x: Tensor, y: Tensor, params: Params
 ) -> tuple[Params, Params]:
@@ -191,6 +206,7 @@ def _rel_diff(a: Params, b: Params) -> float:
 def run_case(case: Case, device: torch.device) -> dict[str, Any]:
     """Time every method on ``case``; return timings, ratios, the fastest method, agreement."""
     torch.manual_seed(SEED)
+    autotune.forget()
     model = case.build().to(device).eval()
     x = torch.randn(case.batch, *case.input_shape, device=device)
     y = torch.randint(0, 10, (case.batch,), device=device)
@@ -203,7 +219,11 @@ def run_case(case: Case, device: torch.device) -> dict[str, Any]:
     fns: dict[str, Callable[[], Any]] = {
         "torch_func_grad": lambda: flow.gradient(model, batches, loss, params),
         "autograd_backward": lambda: gradient_backward(model, loss, x, y),
-        "fwd_over_rev": lambda: flow.hvp(model, batches, loss, ref["g"], params),
+        "fwd_over_rev": lambda: flow.hvp(
+            model, batches, loss, ref["g"], params, method="forward_over_reverse"
+        ),
+        "rev_over_fwd": lambda: hv_reverse_over_forward(model, loss, x, y, params, ref["g"]),
+        "auto": lambda: flow.hvp(model, batches, loss, ref["g"], params, method="auto"),
         "double_backward": lambda: flow.hvp_double_backward(model, batches, loss, ref["g"], params),
         "double_backward_fused": lambda: hg_double_backward_fused(model, loss, x, y, params),
         "rev_over_rev": lambda: hg_reverse_over_reverse(model, loss, x, y, params),
@@ -223,7 +243,9 @@ def run_case(case: Case, device: torch.device) -> dict[str, Any]:
             ref["g"] = out[name]
     hg_ref = out["fwd_over_rev"][1]
     rel = {
-        name: _rel_diff(out[name] if name == "double_backward" else out[name][1], hg_ref)
+        name: _rel_diff(
+            out[name] if name in ("double_backward", "rev_over_fwd") else out[name][1], hg_ref
+        )
         for name in fns
         if name not in ("torch_func_grad", "autograd_backward", "fwd_over_rev")
     }
@@ -247,7 +269,7 @@ def run_case(case: Case, device: torch.device) -> dict[str, Any]:
     denominator = min(grads, key=lambda k: grads[k]["median_s"])
     den_s = grads[denominator]["median_s"]
     den_min_s = grads[denominator]["min_s"]
-    given_v = {"fwd_over_rev", "double_backward"}
+    given_v = {"fwd_over_rev", "double_backward", "rev_over_fwd", "auto"}
 
     methods: dict[str, Any] = {}
     for name, t in times.items():
@@ -270,6 +292,7 @@ def run_case(case: Case, device: torch.device) -> dict[str, Any]:
     timed = {k: v for k, v in methods.items() if "skipped" not in v}
     fastest = min(timed, key=lambda k: timed[k]["hg_from_scratch_ratio"])
     max_rel = max(rel.values())
+    (chosen,) = autotune.choices().values()  # this case's only choice (forgotten at start)
 
     return {
         "model": case.name,
@@ -286,6 +309,10 @@ def run_case(case: Case, device: torch.device) -> dict[str, Any]:
         },
         "methods": methods,
         "fastest_hg_from_scratch": fastest,
+        "auto_choice": {
+            "method": chosen.method,
+            "trial_seconds": chosen.seconds,
+        },
         "fastest_ratio": timed[fastest]["hg_from_scratch_ratio"],
         "goal_3x_met_by": [k for k, v in timed.items() if v["meets_3x_goal"]],
         "agreement": {
@@ -309,6 +336,7 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
             out[f"{name}.{m}.hg_from_scratch_ratio_of_mins"] = v["hg_from_scratch_ratio_of_mins"]
         out[f"{name}.fwd_over_rev.hv_pass_ratio"] = r["methods"]["fwd_over_rev"]["pass_ratio"]
         out[f"{name}.fastest"] = r["fastest_hg_from_scratch"]
+        out[f"{name}.auto_choice"] = r["auto_choice"]["method"]
         out[f"{name}.goal_3x_met"] = bool(r["goal_3x_met_by"])
         out[f"{name}.max_rel_diff"] = r["agreement"]["max_rel_diff"]
     return out

@@ -27,12 +27,14 @@ model and inputs; and the HVP pass alone (given ḡ) by ``flow.hvp`` reverse-ove
 forward-over-reverse (ResNet-56 only: one MobileNet call ran > 3 min under load) and
 ``flow.hvp_double_backward``, each divided by one gradient on the same data.
 
-Networks with grouped (depthwise) convs also run ``grasp`` with ``whole_layer_grouped=False``
-(variant ``[native grouped conv]``): PyTorch's own double backward of a grouped conv, which
+GraSP variants (:func:`grasp_variants`): gfverify's default computes Hg by reverse-over-
+forward (``flow.hessian_vector``: no double backward of any conv); ``[rev_over_rev]`` uses
+reverse-over-reverse, with grouped convs through the whole-layer kernels of
+:mod:`gfverify.grouped_conv`; networks with grouped (depthwise) convs add
+``[rev_over_rev, native grouped conv]``: PyTorch's own double backward of a grouped conv, which
 loops over the groups (``_convolution_double_backward`` computes ∂gI/∂W one group at a time:
 one small conv per channel, 4480 channels in MobileNet-V1's depthwise layers, per chunk).
-gfverify's default (:mod:`gfverify.grouped_conv`) uses whole-layer kernels instead; the pair
-shows what that gains. Same function, so scores agree to float rounding.
+Same function, so scores agree to float rounding.
 
 ``float64``: the float32 scores of GraSP at T = 200 on a random-init net carry large rounding
 errors (ḡ is a small average of large per-class gradients: ~3-5e-3 against float64 on 512
@@ -224,7 +226,19 @@ def _granularity(name: str) -> str:
     return "filter" if "filter" in MEASURES[name].granularities else "weight"
 
 
-NATIVE = "[native grouped conv]"
+#: GraSP scoring variants beside gfverify's default (``hvp_method="reverse_over_forward"``):
+#: reverse-over-reverse (whole-layer grouped convs) and, on networks with grouped convs, the
+#: same with PyTorch's per-group double backward.
+REV_REV = "[rev_over_rev]"
+NATIVE = "[rev_over_rev, native grouped conv]"
+
+
+def grasp_variants(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Suffix -> ``score`` options of the GraSP variants timed for ``model``."""
+    out: dict[str, dict[str, Any]] = {"": {}, REV_REV: {"hvp_method": "reverse_over_reverse"}}
+    if has_grouped_conv(model):
+        out[NATIVE] = {"hvp_method": "reverse_over_reverse", "whole_layer_grouped": False}
+    return out
 
 
 def _score_fn(model: nn.Module, name: str, data: list[Batch], samples: int, **kw):
@@ -243,8 +257,10 @@ def time_measures(
     data = scoring_batches(num_classes, samples)
     warm_up(model, data)
     fns = {n: _score_fn(model, n, data, samples) for n in names}
-    if has_grouped_conv(model) and "grasp" in names:
-        fns[f"grasp{NATIVE}"] = _score_fn(model, "grasp", data, samples, whole_layer_grouped=False)
+    if "grasp" in names:
+        for suffix, kw in grasp_variants(model).items():
+            if suffix:
+                fns[f"grasp{suffix}"] = _score_fn(model, "grasp", data, samples, **kw)
     _, times = interleaved(fns, repeats=1)
     seconds = {k: round(v["median_s"], 3) for k, v in times.items()}
     cpu = {k: round(v["median_cpu_s"], 3) for k, v in times.items()}
@@ -280,11 +296,9 @@ def compare_official(
     def official() -> dict[str, Tensor]:
         return official_grasp(model, per_class_batches(data, num_classes, per_class))
 
-    fns = {"official": official, "gfverify": _score_fn(model, "grasp", data, samples)}
-    if has_grouped_conv(model):
-        fns[f"gfverify{NATIVE}"] = _score_fn(
-            model, "grasp", data, samples, whole_layer_grouped=False
-        )
+    fns: dict[str, Callable[[], dict[str, Tensor]]] = {"official": official}
+    for suffix, kw in grasp_variants(model).items():
+        fns[f"gfverify{suffix}"] = _score_fn(model, "grasp", data, samples, **kw)
     results, times = interleaved(fns, repeats)
     ref_s = times["official"]["median_s"]
     ref_cpu = times["official"]["median_cpu_s"]
@@ -331,15 +345,13 @@ def float64_check(model_name: str, samples: int = QUICK_SAMPLES) -> dict[str, An
         "float64_gfverify_vs_official": agreement(score(m64, "grasp", d64, samples=samples), o64),
         "float32_official_vs_float64_official": agreement(o32, o64_as32),
     }
-    variants = {"gfverify": True, f"gfverify{NATIVE}": False}
-    for name, whole_layer in variants.items():
-        if not whole_layer and not has_grouped_conv(m32):
-            continue
-        g32 = _score_fn(m32, "grasp", data, samples, whole_layer_grouped=whole_layer)()
+    for suffix, kw in grasp_variants(m32).items():
+        name = f"gfverify{suffix}"
+        g32 = _score_fn(m32, "grasp", data, samples, **kw)()
         out[f"float32_{name}_vs_float64_official"] = agreement(g32, o64_as32)
         out[f"float32_{name}_vs_float32_official"] = agreement(g32, o32)
-        if not whole_layer:
-            g64 = _score_fn(m64, "grasp", d64, samples, whole_layer_grouped=False)()
+        if suffix:
+            g64 = _score_fn(m64, "grasp", d64, samples, **kw)()
             out[f"float64_{name}_vs_official"] = agreement(g64, o64)
     return out
 
@@ -366,10 +378,11 @@ def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> d
         )
         fns[f"grasp_cbs{cbs}"] = _score_fn(model, "grasp", data, samples, compute_batch_size=cbs)
     fns["grasp_cbs128_channels_last"] = channels_last_grasp
-    if has_grouped_conv(model):
-        fns["grasp_cbs128_native_grouped"] = _score_fn(
-            model, "grasp", data, samples, whole_layer_grouped=False, compute_batch_size=128
-        )
+    for suffix, kw in grasp_variants(model).items():
+        if suffix:
+            fns[f"grasp_cbs128{suffix}"] = _score_fn(
+                model, "grasp", data, samples, compute_batch_size=128, **kw
+            )
 
     # The HVP pass alone, given ḡ, on 128-sample chunks, against one gradient on them.
     loss = LossSpec("cross_entropy", GRASP_T)
@@ -377,6 +390,7 @@ def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> d
     theta = flow.trainable_params(model)
     gbar = flow.gradient(model, chunks, loss, theta)
     fns["pass_gradient"] = lambda: flow.gradient(model, chunks, loss, theta)
+    fns["pass_hvp_rev_over_fwd"] = lambda: flow.hessian_vector(model, chunks, loss, gbar, theta)
     fns["pass_hvp_rev_over_rev"] = lambda: flow.hvp(model, chunks, loss, gbar, theta)
     fns["pass_hvp_double_backward"] = lambda: flow.hvp_double_backward(
         model, chunks, loss, gbar, theta
@@ -403,10 +417,11 @@ def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> d
     ratios["grasp_channels_last_over_default"] = (
         med["grasp_cbs128_channels_last"] / med["grasp_cbs128"]
     )
-    if "grasp_cbs128_native_grouped" in med:
-        ratios["grasp_native_grouped_over_default"] = (
-            med["grasp_cbs128_native_grouped"] / med["grasp_cbs128"]
-        )
+    for suffix in grasp_variants(model):
+        if suffix:
+            ratios[f"grasp{suffix}_over_default"] = (
+                med[f"grasp_cbs128{suffix}"] / med["grasp_cbs128"]
+            )
     for k in med:
         if k.startswith("pass_hvp"):
             ratios[f"{k}_over_gradient"] = med[k] / med["pass_gradient"]

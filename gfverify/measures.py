@@ -104,7 +104,7 @@ class ScoringInputs:
         balanced = class_balanced(self.batches, self.num_classes, per_class)
         big = flow.rebatch(balanced, self.compute_batch_size)
         g = flow.gradient(self.model, big, loss, self.theta)
-        _, hg = flow.hvp(
+        return flow.hessian_vector(
             self.model,
             big,
             loss,
@@ -113,7 +113,6 @@ class ScoringInputs:
             method=self.opts["hvp_method"],
             whole_layer_grouped=self.opts["whole_layer_grouped"],
         )
-        return hg
 
     @cached_property
     def synflow(self) -> Params:
@@ -319,8 +318,8 @@ class ScoreOptions:
     ``temperature`` None → the measure's own (snip: 1) or ``train_temperature`` (5, the
     official training T); ``hg_temperature`` None → the measure's own (GraSP 200, gradient-norm
     preservation 1); ``compute_batch_size`` None → 128 on CPU, 512 on other devices.
-    ``hvp_method`` and ``whole_layer_grouped``: how Hg is computed (see :func:`gfverify.flow.hvp`;
-    every choice gives the same Hg to rounding).
+    ``hvp_method`` and ``whole_layer_grouped``: how Hg is computed (see
+    :func:`gfverify.flow.hessian_vector`; every choice gives the same Hg to rounding).
     """
 
     samples: int = 2560
@@ -336,7 +335,7 @@ class ScoreOptions:
     compute_batch_size: int | None = None
     loss_scale: float = 1.0
     groups: dict | None = field(default=None)
-    hvp_method: str = "reverse_over_reverse"
+    hvp_method: str = "reverse_over_forward"
     whole_layer_grouped: bool = True
 
 

@@ -200,6 +200,7 @@ def test_gradient_measures_use_whole_batches_until_enough_samples():
         {"compute_batch_size": 1},
         {"compute_batch_size": 7},
         {"hvp_method": "forward_over_reverse"},
+        {"hvp_method": "reverse_over_reverse"},
         {"hvp_method": "auto"},
         {"whole_layer_grouped": False},
     ],

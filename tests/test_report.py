@@ -362,9 +362,11 @@ def test_main_job_without_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report_cmd, "TRAIN_FN", fx.train_report)
     stale = fx.configs(("loss_preservation",), (0,))[0]  # a run of an older smoke.toml
     fx.write_runs(tmp_path / "runs" / "smoke", [stale])
-    assert main(["report", "--quiet"]) == 0
+    assert main(["report", "--quiet"]) == 1  # the fixture's E3 fails its order check
     out = tmp_path / "reports" / "latest" / "index.html"
-    assert capsys.readouterr().out.strip() == str(Path("reports/latest/index.html"))
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(Path("reports/latest/index.html"))
+    assert "1 identity claim(s) failed: E3" in captured.err
     assert calls == [Path("reports/latest/claims.json")]
     assert len(list((tmp_path / "runs" / "smoke").iterdir())) == 3
     html = out.read_text()
@@ -468,3 +470,11 @@ def test_kendall_tau_matches_scipy_tau_b(pairs):
     expected = kendalltau(xs, ys).statistic
     got = kendall_tau(xs, ys)
     assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected, abs=1e-12)
+
+
+def test_exit_status_is_zero_when_every_identity_holds_whatever_the_verdicts(tmp_path, capsys):
+    results = [r for r in fx.claim_results() if r.id != "E3"]  # S1 stays contradicted
+    claims = fx.write_claims(tmp_path / "claims.json", results)
+    out = tmp_path / "r" / "index.html"
+    assert main(["report", "--claims", str(claims), "-o", str(out)]) == 0
+    assert out.exists() and "identity claim(s) failed" not in capsys.readouterr().err

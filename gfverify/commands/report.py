@@ -117,7 +117,11 @@ def _quiet_trainer(quiet: bool) -> Iterator[None]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Write the report; with no inputs given, first run the quick claims and the smoke runs."""
+    """Write the report; with no inputs given, first run the quick claims and the smoke runs.
+
+    Exits 1 (after writing the page) when an identity claim in it failed, as ``check`` does;
+    empirical verdicts, whichever way they fall, never change the exit status.
+    """
     out = Path(args.output)
     gaps: list[Gap] = []
     known: dict[str, str] = {}
@@ -149,6 +153,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         if gap.where not in ("claims", "runs"):  # "not given" is a choice, not a problem
             _say(f"warning: {gap.line()}")
     print(path)
+    failed = sorted({row.id for row in data.claims if row.kind == "identity" and not row.passed})
+    if failed:  # as `gfverify check`: a failed exact identity is a defect, not a finding
+        _say(f"{len(failed)} identity claim(s) failed: {', '.join(failed)} (the page shows why)")
+        return 1
     return 0
 
 

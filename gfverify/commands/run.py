@@ -12,6 +12,8 @@ import argparse
 import math
 from typing import Any
 
+from gfverify.commands import add_override_option
+
 #: Result fields printed after a run, in order (all others are in result.json).
 SUMMARY_KEYS = (
     "final_test_acc",
@@ -42,13 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", help="TOML run config, e.g. experiments/smoke.toml")
     p.add_argument("--runs-dir", default="runs", help="where run directories live (default: runs)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (TOML value), e.g. --set prune.ratio=0.5; repeatable",
+    add_override_option(
+        p, "override config keys (TOML values), e.g. --set prune.ratio=0.5 seed=1; repeatable"
     )
     p.add_argument(
         "--no-resume",

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gfverify.commands import add_override_option
 from gfverify.errors import ConfigError, GfverifyError
 
 __all__ = [
@@ -85,14 +86,9 @@ def _add_sweep(subparsers: Any) -> None:
         " cuda:0,cuda:1 (default: every visible GPU, else cpu)",
     )
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="extend",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key for every run (TOML value), e.g. train.epochs=2;"
+    add_override_option(
+        p,
+        "override a config key for every run (TOML value), e.g. train.epochs=2;"
         " sweep.KEY=[...] replaces or adds a grid axis, e.g. sweep.seed=[0,1]",
     )
     p.add_argument("--dry-run", action="store_true", help="list the runs and their state; run none")
