@@ -23,6 +23,7 @@ import math
 import operator
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -123,7 +124,8 @@ def _version(dist: str) -> str | None:
 
 
 def environment(config: RunConfig | None = None) -> dict[str, Any]:
-    """Versions, host, git commit and (if torch is imported) device and determinism flags.
+    """Versions, host, the process's command line, git commit and (if torch is imported)
+    device and determinism flags.
 
     Does not import torch itself: versions come from package metadata.
     """
@@ -132,6 +134,7 @@ def environment(config: RunConfig | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
         "time": _now(),
         "torch": _version("torch"),
         "numpy": _version("numpy"),
