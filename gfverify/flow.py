@@ -350,10 +350,11 @@ class FlowState:
 def flow_state(
     model: nn.Module, batches: Sequence[Batch], loss: LossSpec, params: Params | None = None
 ) -> FlowState:
-    """θ, g = ∇L and Hg = ∇²L·g (two passes: g first, then Hg with g fixed as the tangent)."""
+    """θ, g = ∇L and Hg = ∇²L·g (two passes: g first, then Hg with g fixed as the vector, by
+    :func:`hessian_vector`)."""
     params = _resolve(model, params)
     g = gradient(model, batches, loss, params)
-    _, hg = hvp(model, batches, loss, g, params)
+    hg = hessian_vector(model, batches, loss, g, params)
     value = float(dataset_loss(model, batches, loss, params))
     return FlowState(theta={k: v.detach() for k, v in params.items()}, g=g, hg=hg, loss=value)
 
