@@ -19,7 +19,9 @@ Data rules (the official protocol, spec §3.5), all overridable through ``score(
   order; ḡ = mean over classes of the class-mean gradient and Hg = mean_c H_c ḡ at T = 200
   (GraSP) or T = 1 (gradient-norm preservation). With equal class counts this is exactly the
   gradient and Hessian of the balanced set's mean loss, so it is computed in a few large
-  ``torch.func`` batches (``compute_batch_size``) instead of one small batch per class.
+  ``torch.func`` batches (``compute_batch_size``) instead of one small batch per class. Hg is
+  one gradient pass for ḡ, then one Hv pass by reverse-over-forward
+  (:func:`gfverify.flow.hessian_vector`), which differentiates no backward pass twice.
 
 ``compute_batch_size`` (samples per ``torch.func`` call) only trades memory for speed: in eval
 mode the batch-size-weighted average is the same for any chunking, up to float rounding. Left
