@@ -378,6 +378,11 @@ def score(
     if unknown:
         raise ConfigError(f"unknown scoring option(s): {', '.join(sorted(unknown))}")
     options = ScoreOptions(**opts)
+    if options.hvp_method not in (*flow.HV_METHODS, "auto"):
+        raise ConfigError(
+            f"unknown hvp_method {options.hvp_method!r}; use one of "
+            f"{', '.join((*flow.HV_METHODS, 'auto'))}"
+        )
     if granularity not in measure.granularities:
         raise ConfigError(
             f"measure {name!r} supports granularity {', '.join(measure.granularities)}, "

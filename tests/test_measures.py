@@ -216,6 +216,13 @@ def test_hg_computation_options_change_only_rounding(opts):
         torch.testing.assert_close(other[k], base[k], rtol=1e-11, atol=1e-15)
 
 
+def test_unknown_hvp_method_is_a_config_error_naming_the_valid_ones():
+    spec = SmallNetSpec(kind="cnn", widths=(2,), image_size=3)
+    p = _problem(spec)
+    with pytest.raises(ConfigError, match="reverse_over_forward, reverse_over_reverse"):
+        measures.score(p.model, "magnitude", p.batches, hvp_method="newton")
+
+
 def test_compute_batch_size_defaults_to_128_on_cpu_and_rejects_bad_values():
     spec = SmallNetSpec(kind="cnn", widths=(2,), image_size=3)
     p = _problem(spec)
