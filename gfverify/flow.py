@@ -287,7 +287,9 @@ def hessian_vector(
       ∇L · v taken in forward mode (``jvp(L, θ, v)``) and differentiated in reverse mode. It
       never differentiates a backward pass twice, so no double backward of a convolution
       runs; measured 2.8× a gradient on ResNet-56 (CPU) against 3.3× for reverse-over-reverse,
-      which also computes g.
+      which also computes g. It keeps primal and tangent activations for the backward pass:
+      ~1.7× the memory per sample of reverse-over-reverse (benchmarks/bench_memory.py); lower
+      the batch size, or pick ``reverse_over_reverse``, where memory is short.
     - ``reverse_over_reverse``, ``forward_over_reverse``: as in :func:`hvp`, g discarded.
     - ``auto``: the fastest of the three for this case (opt-in, see :func:`hvp`).
     """
