@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what commands may record
     try:
         return int(args.func(args) or 0)
     except GfverifyError as exc:

@@ -23,7 +23,6 @@ import math
 import operator
 import os
 import platform
-import shlex
 import socket
 import subprocess
 import sys
@@ -124,8 +123,7 @@ def _version(dist: str) -> str | None:
 
 
 def environment(config: RunConfig | None = None) -> dict[str, Any]:
-    """Versions, host, the process's command line, git commit and (if torch is imported)
-    device and determinism flags.
+    """Versions, host, git commit and (if torch is imported) device and determinism flags.
 
     Does not import torch itself: versions come from package metadata.
     """
@@ -134,7 +132,6 @@ def environment(config: RunConfig | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
         "pid": os.getpid(),
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else None,
         "time": _now(),
         "torch": _version("torch"),
         "numpy": _version("numpy"),
@@ -349,6 +346,14 @@ class RunDir:
             if key in fresh:
                 env[key] = fresh[key]
         gio.atomic_write_json(self.path / ENV_FILE, env)
+
+
+def record_command(run_dir: str | Path, command: str) -> None:
+    """Store the command that ran the run as env.json's ``command`` (the report shows it)."""
+    path = Path(run_dir) / ENV_FILE
+    env = _read_json_or(path, {})
+    env["command"] = command
+    gio.atomic_write_json(path, env)
 
 
 def _scalars(record: Mapping[str, Any]) -> dict[str, Any]:
