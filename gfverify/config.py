@@ -250,7 +250,9 @@ class ModelConfig(_Section):
 class MeasureConfig(_Section):
     """Importance measure. ``temperature=None``: the measure's default (the training temperature
     for gradient measures); ``hg_temperature=None``: 200 for GraSP, 1 for gradient-norm
-    preservation (paper §3.5)."""
+    preservation (paper §3.5). ``hvp_method``: how Hg is computed (same Hg to rounding;
+    ``reverse_over_reverse`` needs less memory). The timed ``auto`` choice is not offered
+    here: a run must be bit-reproducible from its config."""
 
     _prefix: ClassVar[str] = "measure."
 
@@ -261,6 +263,9 @@ class MeasureConfig(_Section):
     batch_size: int = _f(128, _range(1))
     include_bn: bool = _f(False)
     use_init: bool = _f(False)
+    hvp_method: Literal["reverse_over_forward", "reverse_over_reverse", "forward_over_reverse"] = (
+        _f("reverse_over_forward")
+    )
 
 
 @dataclass(frozen=True)

@@ -432,3 +432,17 @@ def test_expand_grid_nested_tables_and_errors(tmp_path):
         expand_grid(bad)
     plain = _toml(tmp_path, "seed = 4\n", "plain.toml")
     assert [c.seed for c in expand_grid(plain)] == [4]
+
+
+def test_hvp_method_is_configurable_but_the_timed_auto_choice_is_refused():
+    from gfverify.config import RunConfig, run_id, update_config
+
+    base = RunConfig()
+    chosen = update_config(base, {"measure.hvp_method": "reverse_over_reverse"})
+    assert chosen.measure.hvp_method == "reverse_over_reverse"
+    assert run_id(chosen) != run_id(base)  # a different computation is a different run
+    assert run_id(update_config(base, {"measure.hvp_method": "reverse_over_forward"})) == run_id(
+        base
+    )  # the default adds nothing to the id
+    with pytest.raises(ConfigError, match="measure.hvp_method"):
+        update_config(base, {"measure.hvp_method": "auto"})

@@ -92,7 +92,7 @@ def measure_scores(
     params_init: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """``measures.score`` of ``measure.name`` per filter with the config's options (samples,
-    temperatures — None = the measure's defaults —, include_bn, use_init)."""
+    temperatures — None = the measure's defaults —, include_bn, use_init, hvp_method)."""
     m = config.measure
     return score(
         model,
@@ -105,6 +105,7 @@ def measure_scores(
         hg_temperature=m.hg_temperature,
         include_bn=m.include_bn,
         use_init=m.use_init,
+        hvp_method=m.hvp_method,
         params_init=dict(params_init) if params_init is not None else None,
         seed=config.seed,
         groups=dict(groups),
