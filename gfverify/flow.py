@@ -232,9 +232,9 @@ def _hvp_pass(
                     return out
 
                 method, done = autotune.choose(key, candidates, run)
-            g_b, hv_b = done or _hvp_batch(
-                model, loss, x, y, params, tangent, method, whole_layer_grouped
-            )
+            if done is None:
+                done = _hvp_batch(model, loss, x, y, params, tangent, method, whole_layer_grouped)
+            g_b, hv_b = done
             g_acc = None if g_b is None else _axpy(g_acc, w, g_b)
             hv_acc = _axpy(hv_acc, w, hv_b)
     assert hv_acc is not None
@@ -253,8 +253,10 @@ def hvp(
     """(g, Hv) with Hv = Σ_b (n_b/N) ∇²L_b · v, by ``torch.func`` in one pass per batch.
 
     - ``reverse_over_reverse`` (default): ``vjp(grad(L))`` applied to v (H is symmetric).
-      Measured fastest on CPU (benchmarks/bench_hvp.py: ~3.4× a gradient on ResNet-56 vs
-      ~4.2–8× for forward-over-reverse plus the gradient it cannot supply itself).
+      On ResNet-56 on the 2-core CPU (benchmarks/bench_hvp.py) one pass cost 3.4 gradients;
+      forward-over-reverse cost 3.2 on a quiet machine but 3.6–16.5 in three earlier runs, two
+      of them slowed by ~2 GB of freshly mapped memory per call: the steadier method is the
+      default.
     - ``forward_over_reverse``: ``jvp(grad(L), θ, v)``.
     - ``auto``: the faster of the two for this case, timed on the first batch and remembered
       (:mod:`gfverify.autotune`); opt-in, since a timed choice is not bit-reproducible.

@@ -5,9 +5,9 @@ Why this exists: PyTorch's double backward of a grouped convolution
 to the weight one group at a time — one small convolution per channel for a depthwise layer,
 4480 of them per batch in MobileNet-V1. That makes a reverse-over-reverse Hessian-vector
 product through MobileNet-V1 cost ~4.4 gradients instead of ~3.6 on a 2-core CPU (much more
-under load). No library offers a replacement (torch-pruning, functorch and the HVP libraries
-all rely on autograd's kernels), so this module writes the double backward out of whole-layer
-native kernels.
+under load). The cost sits in one op's derivative formula, below the level HVP code built on
+autograd reaches, so this module writes that double backward out of whole-layer native
+kernels.
 
 The formulas. For y = conv(x, W) (no bias) with upstream gradient gO = ∂L/∂y, the first
 backward is
@@ -32,7 +32,7 @@ Reverse mode only (``torch.autograd``, ``torch.func.grad``/``vjp``): the Functio
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -141,8 +141,7 @@ def whole_layer_grouped_conv(model: nn.Module | None = None) -> Iterator[None]:
     With ``model`` given and free of grouped convs, nothing is installed (no per-op overhead).
     """
     if model is not None and not has_grouped_conv(model):
-        with nullcontext():
-            yield
+        yield
         return
     with _WholeLayerGroupedConvMode():
         yield

@@ -322,9 +322,7 @@ class RunDir:
 
     def update_env(self, **fields: Any) -> None:
         """Add entries to env.json (e.g. the resolved device) for the current attempt."""
-        env = _read_json_or(self.path / ENV_FILE, {})
-        env.update(fields)
-        gio.atomic_write_json(self.path / ENV_FILE, env)
+        update_env(self.path, **fields)
 
     def _write_env(self) -> None:
         previous = _read_json_or(self.path / ENV_FILE, {})
@@ -348,11 +346,12 @@ class RunDir:
         gio.atomic_write_json(self.path / ENV_FILE, env)
 
 
-def record_command(run_dir: str | Path, command: str) -> None:
-    """Store the command that ran the run as env.json's ``command`` (the report shows it)."""
+def update_env(run_dir: str | Path, **fields: Any) -> None:
+    """Add entries to ``run_dir``'s env.json (atomically), e.g. ``command`` (the report shows
+    it as the command that ran the run)."""
     path = Path(run_dir) / ENV_FILE
     env = _read_json_or(path, {})
-    env["command"] = command
+    env.update(fields)
     gio.atomic_write_json(path, env)
 
 

@@ -8,6 +8,12 @@ from gfverify.flow import LossSpec
 from gfverify.models.small import SmallNetSpec
 
 
+def _rel(a: dict, b: dict) -> float:
+    """‖a − b‖ / ‖b‖ over all parameters."""
+    ra, rb = flow.restrict(a), flow.restrict(b)
+    return float((ra - rb).norm() / rb.norm())
+
+
 class FakeClock:
     """A clock that advances only when a candidate 'works' for its cost."""
 
@@ -75,11 +81,9 @@ def test_auto_hvp_equals_the_fixed_methods_in_float64():
     _, hv_fwd = flow.hvp(model, batches, loss, g, method="forward_over_reverse")
     (choice,) = autotune.choices().values()
     assert choice.method in flow.WITH_GRADIENT and set(choice.seconds) == set(flow.WITH_GRADIENT)
-    for k in hv_rev:
-        # the exact methods differ only by float64 rounding of a few hundred-term sums
-        torch.testing.assert_close(hv_auto[k], hv_rev[k], rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(hv_auto[k], hv_fwd[k], rtol=1e-12, atol=1e-14)
-        torch.testing.assert_close(g_auto[k], g[k], rtol=1e-12, atol=1e-14)
+    # the exact methods differ only by float64 rounding: norm-wise, as in test_flow
+    assert _rel(hv_auto, hv_rev) <= 1e-12 and _rel(hv_auto, hv_fwd) <= 1e-12
+    assert _rel(g_auto, g) <= 1e-12
 
 
 def test_unknown_hvp_method_is_named_in_the_error():
@@ -101,5 +105,4 @@ def test_auto_hessian_vector_chooses_among_all_three_methods():
     _, hv_ref = flow.hvp(model, batches, loss, g)
     (choice,) = autotune.choices().values()
     assert set(choice.seconds) == set(flow.HV_METHODS)
-    for k in hv_ref:
-        torch.testing.assert_close(hv_auto[k], hv_ref[k], rtol=1e-12, atol=1e-14)
+    assert _rel(hv_auto, hv_ref) <= 1e-12

@@ -74,7 +74,7 @@ def format_result(result: dict[str, Any]) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """Load the config, check it, execute the run, print its directory and result."""
     from gfverify.config import load_config, update_config
-    from gfverify.runs import RESULT_FILE, execute, record_command, run_path
+    from gfverify.runs import RESULT_FILE, execute, run_path, update_env
     from gfverify.train import check_config
     from gfverify.train.protocol import resolve_device
 
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if outcome.status == "skipped":
         print(f"run {outcome.run_id} already finished; stored result:")
     else:
-        record_command(outcome.path, shlex.join(["gfverify", *args.argv]))
+        update_env(outcome.path, command=shlex.join(["gfverify", *args.argv]))
         print(f"run {outcome.run_id} finished:")
     print(format_result(outcome.result or {}))
     print(f"  result: {outcome.path / RESULT_FILE}")

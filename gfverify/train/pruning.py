@@ -234,7 +234,7 @@ def plan_round(
             protected={p for p in setup.protected if p in compressed},
             floor_by=setup.floor_by,
             ties={k: v for k, v in setup.ties.items() if k in compressed},
-            count_tied_twice=setup.count_tied_twice and bool(setup.ties),
+            count_tied_twice=setup.count_tied_twice,
         )
         plan = {
             k: torch.tensor(alive[k], dtype=torch.long)[v]
