@@ -145,11 +145,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             "environment": environment(),
             "results": [r.to_json() for r in results],
         }
+        from gfverify import io as gio
+
         path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=1))
-        tmp.replace(path)
+        gio.atomic_write_text(path, json.dumps(payload, indent=1))
         print(f"wrote {path}")
     return 1 if failed else 0
 

@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "atomic_write_json",
+    "remove_temporaries",
     "read_json",
     "append_jsonl",
     "read_jsonl",
@@ -40,6 +42,9 @@ __all__ = [
 ]
 
 CHECKPOINT_MAGIC = b"GFVCKPT1\n"
+_TOKEN_BYTES = 6
+#: The name :func:`atomic_write_bytes` gives its temporary: ``.<target>.<pid>.<token>.tmp``.
+_TEMPORARY = re.compile(rf"^\..+\.(?P<pid>\d+)\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp$")
 _MAX_HEADER = 1 << 20
 
 
@@ -62,7 +67,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # os.open with mode 0o666 lets the umask decide permissions (mkstemp would force 0600).
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(_TOKEN_BYTES)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -75,6 +80,36 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process on this host (signal 0 probes without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # it exists but is not ours / not a pid: leave its file alone
+    return True
+
+
+def remove_temporaries(directory: str | Path) -> list[str]:
+    """Delete the temporaries a killed :func:`atomic_write_bytes` left in ``directory``.
+
+    A process killed (SIGKILL, power loss) between creating its temporary and ``os.replace``
+    leaves ``.<target>.<pid>.<token>.tmp`` behind; the target itself is intact. A temporary
+    whose pid is a live process on this host is kept. Call this while holding the lock that
+    serialises writers of ``directory`` (a run's ``lock``): a pid says nothing about writers on
+    other hosts. Returns the names removed, sorted.
+    """
+    removed = []
+    for entry in sorted(Path(directory).iterdir()):
+        match = _TEMPORARY.match(entry.name)
+        if match and entry.is_file() and not _process_alive(int(match.group("pid"))):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed.append(entry.name)
+    return removed
 
 
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:

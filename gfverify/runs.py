@@ -473,18 +473,23 @@ def execute(
 ) -> RunResult:
     """Run ``config`` in ``runs_dir/<run_id>`` unless already finished or busy.
 
-    1. result.json exists -> ``skipped`` (the stored result is returned).
+    1. result.json exists -> ``skipped`` (the stored result is returned; a killed writer's
+       temporaries are removed if the lock is free).
     2. config.json exists but differs (identity fields) -> ConfigError.
     3. lock held by another process -> ``busy``.
-    4. Under the lock: metrics trimmed to the checkpoint (``resume=True``) or wiped, env and
-       status written, ``result = train_fn(config, RunDir)``, result.json written, status
-       finished. An exception marks status failed (with epoch and reason) and is re-raised as a
-       GfverifyError (RunFailedError wraps foreign exceptions); KeyboardInterrupt/SystemExit
-       (e.g. SLURM preemption) mark it interrupted and propagate unchanged.
+    4. Under the lock: a killed writer's temporaries removed, metrics trimmed to the checkpoint
+       (``resume=True``) or wiped, env and status written, ``result = train_fn(config,
+       RunDir)``, result.json written, status finished. An exception marks status failed (with
+       epoch and reason) and is re-raised as a GfverifyError (RunFailedError wraps foreign
+       exceptions); KeyboardInterrupt/SystemExit (e.g. SLURM preemption) mark it interrupted
+       and propagate unchanged.
     """
     path = run_path(config, runs_dir)
     rid = path.name
     if is_finished(path):
+        with gio.file_lock(path / LOCK_FILE, blocking=False) as held:
+            if held:  # a kill after result.json may have left a temporary
+                gio.remove_temporaries(path)
         return RunResult(rid, path, "skipped", read_result(path))
     check_config_matches(config, path)
     fn = resolve_train_fn(train_fn)
@@ -495,6 +500,7 @@ def execute(
         if is_finished(path):  # finished by another process between the check and the lock
             return RunResult(rid, path, "skipped", read_result(path))
         check_config_matches(config, path)
+        gio.remove_temporaries(path)  # a killed writer's
         if not (path / CONFIG_FILE).exists():
             gio.atomic_write_json(path / CONFIG_FILE, config_to_dict(config))
         run = RunDir(path, config)

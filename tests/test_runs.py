@@ -6,6 +6,7 @@ import csv
 import functools
 import json
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -184,6 +185,44 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     assert [m["epoch"] for m in read_metrics(path)] == [1, 2, 3, 4, 5]
     assert calls(path) == 2
     assert gio.read_json(path / "env.json")["attempt"] == 2
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_remove_temporaries_takes_only_a_dead_writers_files(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    names = {
+        "dead": f".checkpoint.pt.{dead}.0123456789ab.tmp",
+        "alive": f".status.json.{alive}.0123456789ab.tmp",
+        "user": "notes.tmp",  # not an atomic-write temporary: never touched
+    }
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"partial")
+    assert gio.remove_temporaries(tmp_path) == [names["dead"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([names["alive"], names["user"]])
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["resumed", "skipped"])
+def test_execute_clears_a_killed_writers_temporary(tmp_path, finished):
+    """kill -9 inside an atomic write leaves a temporary; the next execute removes it."""
+    cfg = small_config(**{"train.epochs": 3})
+    path = run_path(cfg, tmp_path)
+    crash = functools.partial(fake_train.train, crash_at=None if finished else 2)
+    if finished:
+        execute(cfg, tmp_path, train_fn=crash)
+    else:
+        with pytest.raises(RunFailedError):
+            execute(cfg, tmp_path, train_fn=crash)
+    leftover = path / f".checkpoint.pt.{_dead_pid()}.0123456789ab.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    res = execute(cfg, tmp_path, train_fn=fake_train.train)
+    assert res.status == ("skipped" if finished else "finished")
+    assert not leftover.exists()
+    assert not [p.name for p in path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_metrics_logged_after_the_last_checkpoint_are_trimmed(tmp_path):
