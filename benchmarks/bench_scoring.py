@@ -41,6 +41,9 @@ errors (ḡ is a small average of large per-class gradients: ~3-5e-3 against flo
 samples), far above 1e-5, whichever procedure computes them. So the official and gfverify
 scores are also computed in float64 (512 samples, C = 10): agreement there (~1e-13) shows the
 same function, and each float32 result's error against the float64 official scores is given.
+``float64_under_float32_roundoff`` measures the problem's condition: the change of the exact
+(float64) scores when the weights move by one float32 unit roundoff
+(:func:`roundoff_sensitivity`), the floor under any float32 procedure's error.
 
 Before timing, each network gets one untimed gradient, HVP and cheap ``score`` call (one-off
 costs). Every timing records wall seconds (``*_s``) and this process's CPU seconds
@@ -48,7 +51,7 @@ costs). Every timing records wall seconds (``*_s``) and this process's CPU secon
 ``load_average``.
 Quick mode: 512 samples, ResNet-56, ``loss_preservation``, ``grasp``, one official
 comparison (C = 10), the float64 check on 128 samples, no levers. ``BENCH_SCORING_PARTS``
-(comma-separated ``measures``, ``measures100``, ``official``, ``levers``) and
+(comma-separated ``measures``, ``measures100``, ``official``, ``float64``, ``levers``) and
 ``BENCH_SCORING_MODELS`` restrict a full run; the result's ``ran`` says what ran.
 """
 
@@ -81,7 +84,7 @@ GOAL_SPEEDUP = 1.4
 AGREE_RTOL = 1e-5
 MODELS = ("resnet56", "vgg13", "mobilenet_v1")
 OFFICIAL_MODELS = ("resnet56", "mobilenet_v1")
-PARTS = ("measures", "measures100", "official", "levers")
+PARTS = ("measures", "measures100", "official", "float64", "levers")
 HG_MEASURES = tuple(n for n, m in MEASURES.items() if m.needs == "hg")
 GRADIENT_MEASURES = tuple(n for n, m in MEASURES.items() if m.needs == "gradient")
 SEED = 0
@@ -345,6 +348,7 @@ def float64_check(model_name: str, samples: int = QUICK_SAMPLES) -> dict[str, An
         "float64_gfverify_vs_official": agreement(score(m64, "grasp", d64, samples=samples), o64),
         "float32_official_vs_float64_official": agreement(o32, o64_as32),
     }
+    out["float64_under_float32_roundoff"] = roundoff_sensitivity(m64, d64, samples, o64)
     for suffix, kw in grasp_variants(m32).items():
         name = f"gfverify{suffix}"
         g32 = _score_fn(m32, "grasp", data, samples, **kw)()
@@ -354,6 +358,26 @@ def float64_check(model_name: str, samples: int = QUICK_SAMPLES) -> dict[str, An
             g64 = _score_fn(m64, "grasp", d64, samples, **kw)()
             out[f"float64_{name}_vs_official"] = agreement(g64, o64)
     return out
+
+
+def roundoff_sensitivity(
+    m64: nn.Module, d64: Sequence[Batch], samples: int, o64: dict[str, Tensor]
+) -> dict[str, Any]:
+    """How far exact GraSP scores move when every weight moves by at most one float32 unit
+    roundoff: θ_i → θ_i(1 + u r_i), u = 2⁻²⁴, r_i ~ U[−1, 1], computed in float64.
+
+    A backward-stable float32 computation returns the exact answer for data perturbed at about
+    this level, so this change is the accuracy floor of any float32 procedure (the condition
+    of the problem, not of an algorithm): when it is far above ``AGREE_RTOL``, two float32
+    procedures can agree to ``AGREE_RTOL`` only by rounding alike.
+    """
+    gen = torch.Generator().manual_seed(SEED + 1)
+    perturbed = copy.deepcopy(m64)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            r = torch.rand(p.shape, generator=gen, dtype=p.dtype).mul_(2).sub_(1)
+            p.mul_(1 + 2.0**-24 * r)
+    return agreement(score(perturbed, "grasp", d64, samples=samples), o64)
 
 
 def levers(model_name: str, samples: int = QUICK_SAMPLES, repeats: int = 1) -> dict[str, Any]:
@@ -494,6 +518,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 if m in OFFICIAL_MODELS
                 for c in (100, 10)
             ]
+        if "float64" in parts:
             out["float64"] = [float64_check(m) for m in models if m in OFFICIAL_MODELS]
         if "levers" in parts:
             out["levers"] = [levers(m) for m in models if m in OFFICIAL_MODELS]
