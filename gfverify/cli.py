@@ -118,7 +118,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         ]
     else:
         problems = builtin_problems()
-    options: dict = {}
+    options: dict = {"user_model": bool(args.model)}
     if args.runs_dir:
         options["runs_dir"] = args.runs_dir
     if args.seeds:
@@ -172,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="run the executable claims and print verdicts")
     check.add_argument(
         "--claims",
-        default="identity,measures",
-        help="'all', groups (identity, measures, statistical) or ids: E2,E3,H1",
+        default="identity,measures,pruning",
+        help="'all', groups (identity, measures, pruning, statistical) or ids: E2,E3,H1",
     )
     check.add_argument("--scale", default="quick", choices=["quick", "paper"])
     check.add_argument("--json", help="write the claim records to this JSON file")

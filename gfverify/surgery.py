@@ -498,6 +498,40 @@ def rebuild_sgd(
     return new_opt
 
 
+def random_plan(
+    model: nn.Module,
+    example_input: Tensor | None = None,
+    mode: Mode = "full",
+    generator: torch.Generator | None = None,
+    fraction: float | None = None,
+) -> dict[str, Tensor]:
+    """A seeded random plan over the prunable layers, each keeping at least one filter.
+
+    Every prunable layer with 2 or more filters gets ``int(fraction · filters)`` distinct
+    random indices, or a uniformly random count in [0, filters − 1] when ``fraction`` is None.
+    In ``full`` mode only the representative (first member) of a coupled group is planned,
+    since :func:`prune_filters` removes its channels from every member. Raises ModelError
+    when the model has no prunable layer.
+    """
+    if fraction is not None and not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"plan fraction must lie in [0, 1), got {fraction!r}")
+    info = analyze(model, example_input)
+    if not set(info.groups) - info.output_layers:
+        raise ModelError(f"model {type(model).__name__} has no prunable layer")
+    skip = {n for grp in info.coupled for n in grp[1:]} if mode == "full" else set()
+    plan = {}
+    for name, group in info.groups.items():
+        if name in info.output_layers or name in skip or group.num_filters < 2:
+            continue
+        n = group.num_filters
+        if fraction is None:
+            k = int(torch.randint(0, n, (1,), generator=generator))
+        else:
+            k = int(fraction * n)
+        plan[name] = torch.randperm(n, generator=generator)[:k]
+    return plan
+
+
 # --------------------------------------------------------------------------- references
 
 

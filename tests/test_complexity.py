@@ -17,9 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from gfverify.complexity import count_complexity, dead_channels
 from gfverify.groups import coupled_groups
 from gfverify.models import SmallNetSpec, build_model
-from gfverify.surgery import prune_filters
+from gfverify.surgery import prune_filters, random_plan
 from tests.strategies import small_nets
-from tests.test_surgery import random_plan
 from tests.vectors import load
 
 CONV_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

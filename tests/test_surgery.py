@@ -22,31 +22,12 @@ from gfverify.surgery import (
     masked_channels,
     prune_filters,
     pruning_reference,
+    random_plan,
     rebuild_sgd,
     replay,
     zeroed_after_bn,
 )
 from tests.strategies import small_nets
-
-
-def random_plan(
-    model: nn.Module, x: torch.Tensor, mode: str, gen: torch.Generator, frac: float | None = None
-) -> dict[str, torch.Tensor]:
-    """A random plan over the prunable layers (only representatives of coupled groups in full
-    mode), each layer keeping at least one channel."""
-    groups = filter_groups(model, x)
-    skip = {n for g in coupled_groups(model, x) for n in g[1:]} if mode == "full" else set()
-    plan = {}
-    for name, g in groups.items():
-        if name in skip or g.num_filters < 2:
-            continue
-        k = (
-            int(frac * g.num_filters)
-            if frac is not None
-            else int(torch.randint(0, g.num_filters, (1,), generator=gen))
-        )
-        plan[name] = torch.randperm(g.num_filters, generator=gen)[:k]
-    return plan
 
 
 def assert_close_f64(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-12) -> None:
@@ -142,7 +123,7 @@ def test_paper_nets_equivalence(name, mode):
     torch.manual_seed(0)
     model = build_model(name, width_mult=0.125).double().eval()
     x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
-    plan = random_plan(model, x, mode, torch.Generator().manual_seed(1), frac=0.5)
+    plan = random_plan(model, x, mode, torch.Generator().manual_seed(1), fraction=0.5)
     reference = copy.deepcopy(model)
     prune_filters(model, plan, x, mode)
     with pruning_reference(reference, plan, x, mode):
@@ -250,7 +231,7 @@ def test_paper_mode_masked_entries_stay_zero_under_sgd():
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     old_names = dict(model.named_parameters())
-    plan = random_plan(model, x, "paper", gen, frac=0.5)
+    plan = random_plan(model, x, "paper", gen, fraction=0.5)
     rec = prune_filters(model, plan, x, "paper")
     opt = rebuild_sgd(model, opt, old_names, rec.kept_index_map, preserve_momentum=True)
     model.train()
@@ -322,7 +303,7 @@ def test_replay_reloads_bit_exactly(dtype, which):
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
         model.eval()
-        prune_filters(model, random_plan(model, x, mode, gen, frac=0.3), x, mode, history)
+        prune_filters(model, random_plan(model, x, mode, gen, fraction=0.3), x, mode, history)
     saved = PruningHistory.from_json(history.to_json())
     fresh = load_pruned(factory(), saved, model.state_dict(), x)
     model.eval(), fresh.eval()

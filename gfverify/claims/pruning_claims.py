@@ -1,0 +1,215 @@
+"""Claims about the pruning machinery itself: the schedule (P1) and physical surgery (P2).
+
+- P1: the official schedule p_k = P / (kP + n(1 − P)) leaves r_k = Π_{j≤k}(1 − p_j) =
+  n(1 − P)/(n(1 − P) + kP) of the filters after round k, so r_n = 1 − P and 1/r_k is linear
+  in k with slope P / (n(1 − P)). Checked in exact rational arithmetic (``fractions.Fraction``
+  of the float P, so no rounding at all), then the float implementation against the exact
+  values (its error bound is derived from its operation count), then the integer filter counts
+  of :func:`gfverify.schedule.filters_to_prune` round by round: after the last round exactly
+  round(N₀(1 − P)) filters remain.
+- P2: in eval mode the physically pruned model computes what the unpruned model computes with
+  the pruned channels zeroed (at the consumers' inputs for removed channels, after the BN for
+  masked ones: :func:`gfverify.surgery.pruning_reference`), in ``full`` and ``paper`` modes,
+  on seeded random plans (half of every prunable layer's filters), for each problem's model
+  (a user's model under ``--model``) and, with ``--scale paper`` on the built-in problems, the
+  paper's three CIFAR nets at 1/8 width (float64 depthwise convs make MobileNet-V1 slow on
+  CPU: ~30 s a case on 2 cores).
+"""
+
+from __future__ import annotations
+
+import copy
+from fractions import Fraction
+
+import torch
+from torch import Tensor, nn
+
+from gfverify import schedule as sched
+from gfverify.claims.base import ClaimResult, register
+from gfverify.claims.problems import CheckContext
+from gfverify.surgery import Mode, prune_filters, pruning_reference, random_plan
+
+#: Unit roundoffs of float64 and float32 (round to nearest): u = 2⁻ᵖ for p-bit significands.
+U64 = 2.0**-53
+U32 = 2.0**-24
+
+# --------------------------------------------------------------------------------------------
+# P1: the schedule
+
+#: (P, n) cases: the paper's ratios for its nets and round counts from one-shot to the official 25.
+P1_CASES = tuple((p, n) for p in (0.25, 0.5, 0.6, 0.75, 0.9, 0.95) for n in (1, 3, 5, 25))
+#: Filter totals for the integer counts: small, VGG-13 ×0.125, ResNet-56 (2032), VGG-13 (2752).
+P1_TOTALS = (7, 344, 2032, 2752)
+#: Rounded operations in one evaluation of p_k = p / (k·p + n·(1 − p)) or of
+#: r_k = n(1 − p) / (n(1 − p) + k·p): 1 − p, n·(…), k·p, +, /. Each is exact to a factor
+#: (1 + δ), |δ| ≤ u, and every sum adds positive terms, so the relative error is at most
+#: γ₅ = 5u / (1 − 5u) (Higham, Accuracy and Stability of Numerical Algorithms, Lemma 3.1).
+P1_OPS = 5
+
+
+def _gamma(k: int, u: float = U64) -> float:
+    """γ_k = k·u / (1 − k·u): the bound on the relative error of k rounded operations."""
+    return k * u / (1 - k * u)
+
+
+def _rel(a: float, exact: Fraction) -> float:
+    return float(abs(Fraction(a) - exact) / exact) if exact else abs(a)
+
+
+def _p1_case(ratio: float, rounds: int) -> ClaimResult:
+    p, n = Fraction(ratio), rounds
+    exact_p = [p / (k * p + n * (1 - p)) for k in range(1, n + 1)]
+    exact_r, product = [], Fraction(1)
+    for p_k in exact_p:
+        product *= 1 - p_k
+        exact_r.append(product)
+    closed = [n * (1 - p) / (n * (1 - p) + k * p) for k in range(1, n + 1)]
+    inverse_steps = {1 / b - 1 / a for a, b in zip([Fraction(1), *exact_r], exact_r)}
+    algebra = {
+        "product_equals_closed_form": exact_r == closed,
+        "remaining_after_n_is_1_minus_P": exact_r[-1] == 1 - p,
+        "inverse_linear_in_k": inverse_steps == {p / (n * (1 - p))},
+    }
+    schedule = sched.Schedule("official", ratio=ratio, rounds=rounds)
+    float_p, float_r = schedule.fractions(), schedule.cumulative_remaining()
+    float_error = max(
+        max(_rel(a, e) for a, e in zip(float_p, exact_p)),
+        max(_rel(a, e) for a, e in zip(float_r, exact_r)),
+    )
+    tolerance = _gamma(P1_OPS)
+    counts = {}
+    for total in P1_TOTALS:
+        current = total
+        for i in range(rounds):
+            current -= sched.filters_to_prune(total, current, schedule, i)
+        counts[total] = (current, round(total * (1 - ratio)))
+    passed = (
+        all(algebra.values())
+        and float_r[-1] == 1.0 - ratio
+        and float_error <= tolerance
+        and all(got == want for got, want in counts.values())
+    )
+    return ClaimResult(
+        id="P1",
+        statement="after n official rounds exactly 1 − P of the filters remain; 1/r_k is linear",
+        kind="identity",
+        measured=float_error,
+        expected=0.0,
+        error=float_error,
+        tolerance=tolerance,
+        passed=passed,
+        details={
+            "ratio": ratio,
+            "rounds": rounds,
+            "exact_arithmetic": algebra,
+            "float_max_rel_error": float_error,
+            "float_error_bound": f"gamma_{P1_OPS} = {tolerance:.3g}",
+            "float_r_n_equals_1_minus_P": float_r[-1] == 1.0 - ratio,
+            "remaining_filters_vs_round_N0_1_minus_P": {str(k): v for k, v in counts.items()},
+        },
+        case=f"P={ratio}/n={rounds}",
+    )
+
+
+@register(
+    "P1",
+    "official schedule: exactly 1 − P of the filters remain after n rounds; 1/r_k linear in k",
+    group="pruning",
+)
+def _p1(ctx: CheckContext) -> list[ClaimResult]:
+    return [_p1_case(p, n) for p, n in P1_CASES]
+
+
+# --------------------------------------------------------------------------------------------
+# P2: surgery
+
+
+MODES: tuple[Mode, ...] = ("full", "paper")
+PLAN_SEEDS = (0, 1)
+#: Each planned layer loses this fraction of its filters (random ones, by the plan's seed).
+PLAN_FRACTION = 0.5
+#: The paper's nets at 1/8 width, checked with the built-in problems at ``--scale paper``.
+PAPER_NETS = ("vgg13", "mobilenet_v1", "resnet56")
+
+
+def surgery_case(
+    model: nn.Module, x: Tensor, mode: Mode, plan: dict[str, Tensor]
+) -> dict[str, float]:
+    """Pruned vs zeroed-reference outputs in float64, with the rounding tolerance.
+
+    The model and input are first rounded to float32, so a float32 and a float64 copy compute
+    the same function. First-order rounding error is linear in the unit roundoff u, so each
+    float64 evaluation's error is about (u₆₄/u₃₂) times its float32 twin's deviation from it;
+    the two float64 evaluations may differ by the sum of their errors, plus the last-bit
+    rounding of the output in each: tolerance = (u₆₄/u₃₂)(e₃₂(pruned) + e₃₂(reference)) +
+    2u₆₄·max|reference|.
+    """
+    m32 = copy.deepcopy(model).float().eval()
+    m64 = copy.deepcopy(m32).double().eval()
+    x32 = x.float()
+    x64 = x32.double()
+    out: dict[str, Tensor] = {}
+    for tag, m, xx in (("32", m32, x32), ("64", m64, x64)):
+        reference, pruned = copy.deepcopy(m), copy.deepcopy(m)
+        prune_filters(pruned, plan, xx, mode)
+        with torch.no_grad():
+            with pruning_reference(reference, plan, xx, mode):
+                out[f"reference{tag}"] = reference(xx).double()
+            out[f"pruned{tag}"] = pruned(xx).double()
+
+    def dist(a: str, b: str) -> float:
+        return float((out[a] - out[b]).abs().max())
+
+    e32 = dist("pruned32", "pruned64") + dist("reference32", "reference64")
+    scale = float(out["reference64"].abs().max())
+    return {
+        "error": dist("pruned64", "reference64"),
+        "tolerance": U64 / U32 * e32 + 2 * U64 * scale,
+        "output_scale": scale,
+        "filters_planned": sum(len(v) for v in plan.values()),
+        "layers_planned": sum(1 for v in plan.values() if len(v)),
+    }
+
+
+def _p2_result(name: str, mode: Mode, seed: int, case: dict[str, float]) -> ClaimResult:
+    return ClaimResult(
+        id="P2",
+        statement="the pruned model equals the unpruned one with the pruned channels zeroed",
+        kind="identity",
+        measured=case["error"],
+        expected=0.0,
+        error=case["error"],
+        tolerance=case["tolerance"],
+        passed=case["error"] <= case["tolerance"],
+        details={"model": name, "mode": mode, "plan_seed": seed, **case},
+        case=f"{name}/{mode}/plan{seed}",
+    )
+
+
+def _p2_models(ctx: CheckContext) -> list[tuple[str, nn.Module, Tensor]]:
+    cases = [(p.name, p.model, p.batches[0][0]) for p in ctx.problems]
+    if ctx.scale == "paper" and not ctx.options.get("user_model"):
+        from gfverify.models import build_model
+
+        gen = torch.Generator().manual_seed(0)
+        for net in PAPER_NETS:
+            torch.manual_seed(0)
+            model = build_model(net, width_mult=0.125)
+            cases.append((f"{net}x0.125", model, torch.randn(4, 3, 32, 32, generator=gen)))
+    return cases
+
+
+@register(
+    "P2",
+    "surgery: the pruned model equals the masked model (channels zeroed), eval mode",
+    group="pruning",
+)
+def _p2(ctx: CheckContext) -> list[ClaimResult]:
+    out = []
+    for name, model, x in _p2_models(ctx):
+        for mode in MODES:
+            for seed in PLAN_SEEDS:
+                gen = torch.Generator().manual_seed(seed)
+                plan = random_plan(model, x, mode, gen, fraction=PLAN_FRACTION)
+                out.append(_p2_result(name, mode, seed, surgery_case(model, x, mode, plan)))
+    return out

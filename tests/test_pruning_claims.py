@@ -1,0 +1,118 @@
+"""Claims P1 (the official schedule) and P2 (surgery equals the zeroed model): they pass on
+gfverify's own code, and they fail when the schedule or the surgery is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from gfverify import schedule
+from gfverify.claims import pruning_claims
+from gfverify.claims.problems import CheckContext, builtin_problems
+from gfverify.cli import main
+
+
+def _builtin_context() -> CheckContext:
+    return CheckContext(problems=builtin_problems())
+
+
+def test_P1_official_schedule_leaves_exactly_1_minus_P():
+    results = pruning_claims._p1(CheckContext(problems=[]))
+    assert len(results) == len(pruning_claims.P1_CASES)
+    for r in results:
+        assert r.passed, r.details
+        assert all(r.details["exact_arithmetic"].values())
+        assert r.error <= r.tolerance == pruning_claims._gamma(pruning_claims.P1_OPS)
+        for got, want in r.details["remaining_filters_vs_round_N0_1_minus_P"].values():
+            assert got == want
+
+
+def test_P1_fails_when_the_per_round_fractions_drift(monkeypatch):
+    """Fractions off by 1e-13 (≈ 450 ulps) are beyond γ₅ = 5.6e-16 and must be caught."""
+    exact = schedule.official_fractions
+    monkeypatch.setattr(
+        schedule, "official_fractions", lambda p, n: [f * (1 + 1e-13) for f in exact(p, n)]
+    )
+    results = pruning_claims._p1(CheckContext(problems=[]))
+    assert results and not any(r.passed for r in results)
+    assert all(r.error > r.tolerance for r in results)
+
+
+def test_P1_fails_with_the_official_truncating_counts(monkeypatch):
+    """int(p_k · current) per round (the official VGG count) undershoots the target."""
+
+    def truncating(total_original, total_current, sched, round_index):
+        return schedule.official_filters_to_prune(total_current, sched.fractions()[round_index])
+
+    monkeypatch.setattr(schedule, "filters_to_prune", truncating)
+    results = pruning_claims._p1(CheckContext(problems=[]))
+    failed = [r for r in results if not r.passed]
+    assert failed
+    for r in failed:
+        counts = r.details["remaining_filters_vs_round_N0_1_minus_P"].values()
+        assert any(got != want for got, want in counts)
+
+
+def test_P2_pruned_model_equals_zeroed_model_on_the_builtin_nets():
+    results = pruning_claims._p2(_builtin_context())
+    n_problems = len(builtin_problems())
+    assert len(results) == n_problems * len(pruning_claims.MODES) * len(pruning_claims.PLAN_SEEDS)
+    for r in results:
+        assert r.passed, r.details
+        assert r.details["filters_planned"] > 0
+        assert 0 < r.tolerance < 1e-14 * max(1.0, r.details["output_scale"])
+
+
+def test_P2_fails_when_surgery_removes_the_wrong_filters(monkeypatch):
+    """Surgery that removes each planned layer's filters shifted by one index must fail."""
+    real = pruning_claims.prune_filters
+
+    def off_by_one(model, plan, x, mode):
+        widths = {n: m.weight.shape[0] for n, m in model.named_modules() if n in plan}
+        shifted = {n: (torch.as_tensor(v) + 1) % widths[n] for n, v in plan.items()}
+        return real(model, shifted, x, mode)
+
+    monkeypatch.setattr(pruning_claims, "prune_filters", off_by_one)
+    results = pruning_claims._p2(_builtin_context())
+    assert not any(r.passed for r in results)
+    assert all(r.error > 1e3 * r.tolerance for r in results)
+
+
+def _prunable_user_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.Tanh(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.BatchNorm2d(5),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(5 * 4 * 4, 3),
+    )
+
+
+def _check_p2(factory: str, input_shape: str, *extra: str) -> int:
+    argv = ["check", "--claims", "P2", "--quiet", "--model", factory]
+    return main([*argv, "--input-shape", input_shape, "--num-classes", "3", *extra])
+
+
+def test_P2_runs_on_a_user_model_from_the_cli(capsys, tmp_path):
+    out_json = tmp_path / "p2.json"
+    factory = "tests.test_pruning_claims:_prunable_user_model"
+    code = _check_p2(factory, "3,4,4", "--json", str(out_json))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    records = json.loads(out_json.read_text())["results"]
+    assert len(records) == len(pruning_claims.MODES) * len(pruning_claims.PLAN_SEEDS)
+    assert all(r["id"] == "P2" and r["passed"] for r in records)
+    assert {r["details"]["model"] for r in records} == {"user-model"}
+
+
+def test_P2_on_a_model_gfverify_cannot_prune_is_a_one_line_error(capsys):
+    code = _check_p2("tests.test_identities:_tiny_model", "3,2,2")
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "no prunable layer" in err and len(err.splitlines()) == 1, err
