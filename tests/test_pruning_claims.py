@@ -80,6 +80,22 @@ def test_P2_fails_when_surgery_removes_the_wrong_filters(monkeypatch):
     assert all(r.error > 1e3 * r.tolerance for r in results)
 
 
+def test_P2_does_not_pass_where_pruning_cannot_change_the_output():
+    """A net whose ReLUs are all dead returns its bias for any plan: such a case can't fail,
+    so it must not count as a pass."""
+    torch.manual_seed(0)
+    dead = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)
+    ).double()
+    dead[1].running_mean.fill_(1e3)  # every channel far below zero before the ReLU
+    dead.eval()
+    x = torch.randn(4, 3, 4, 4, dtype=torch.float64)
+    plan = {"0": torch.tensor([0, 2])}
+    case = pruning_claims.surgery_case(dead, x, "full", plan)
+    assert case["error"] <= case["tolerance"] and case["effect"] == 0.0
+    assert not pruning_claims._p2_result("dead", "full", 0, case).passed
+
+
 def _prunable_user_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(

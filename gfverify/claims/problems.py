@@ -6,11 +6,13 @@ wraps any ``nn.Module`` factory with random data of a given shape.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from gfverify import flow
 from gfverify.claims.numerics import geometric_ladder
@@ -91,6 +93,29 @@ class FlowProblem:
         """Estimated global integration error in θ: 10 · rtol · ‖θ‖ (+ atol)."""
         theta = flow.restrict(self.state.theta)
         return 10 * (self.integrator.rtol * float(theta.norm()) + self.integrator.atol)
+
+
+def calibrated_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` in eval mode whose BatchNorm running statistics are those of ``x``.
+
+    Every BN's running mean and variance become the batch mean and (unbiased) variance of its
+    input on ``x`` (one train-mode forward with cumulative averaging). A fresh net's default
+    statistics (mean 0, variance 1) let activations die out with depth: VGG-13, MobileNet-V1
+    and ResNet-56 at 1/8 width then return the same logits for every input (MobileNet-V1
+    exactly), and a check that compares outputs could not fail. The original is untouched.
+    """
+    calibrated = copy.deepcopy(model)
+    norms = [m for m in calibrated.modules() if isinstance(m, _BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: after one batch, exactly its statistics
+    calibrated.train()
+    with torch.no_grad():
+        calibrated(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return calibrated.eval()
 
 
 def default_subsets(params: Params, seed: int = 0) -> dict[str, Subset | None]:
