@@ -93,7 +93,8 @@ def test_P2_does_not_pass_where_pruning_cannot_change_the_output():
     plan = {"0": torch.tensor([0, 2])}
     case = pruning_claims.surgery_case(dead, x, "full", plan)
     assert case["error"] <= case["tolerance"] and case["effect"] == 0.0
-    assert not pruning_claims._p2_result("dead", "full", 0, case).passed
+    result = pruning_claims._p2_result("dead", "full", 0, case)
+    assert not result.passed and result.details["informative"] is False
 
 
 def _prunable_user_model() -> nn.Module:
