@@ -17,6 +17,7 @@ skip as "busy" if another process holds the lock, else call ``train_fn(config, r
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import math
@@ -487,7 +488,8 @@ def execute(
     path = run_path(config, runs_dir)
     rid = path.name
     if is_finished(path):
-        with gio.file_lock(path / LOCK_FILE, blocking=False) as held:
+        # Tidying is best effort: a finished run on read-only storage is still just skipped.
+        with contextlib.suppress(OSError), gio.file_lock(path / LOCK_FILE, blocking=False) as held:
             if held:  # a kill after result.json may have left a temporary
                 gio.remove_temporaries(path)
         return RunResult(rid, path, "skipped", read_result(path))

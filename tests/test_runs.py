@@ -225,6 +225,19 @@ def test_execute_clears_a_killed_writers_temporary(tmp_path, finished):
     assert not [p.name for p in path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_finished_run_on_read_only_storage_is_still_skipped(tmp_path, monkeypatch):
+    """Tidying a finished run needs its lock file; where that can't be opened, skip anyway."""
+    cfg = small_config()
+    first = execute(cfg, tmp_path, train_fn=fake_train.train)
+
+    def unopenable(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "lock")
+
+    monkeypatch.setattr(gio, "file_lock", unopenable)
+    again = execute(cfg, tmp_path, train_fn=fake_train.train)
+    assert again.status == "skipped" and again.result == first.result
+
+
 def test_metrics_logged_after_the_last_checkpoint_are_trimmed(tmp_path):
     cfg = small_config(**{"train.epochs": 4})
     path = run_path(cfg, tmp_path)
