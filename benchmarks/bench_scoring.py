@@ -84,7 +84,7 @@ GOAL_SPEEDUP = 1.4
 AGREE_RTOL = 1e-5
 MODELS = ("resnet56", "vgg13", "mobilenet_v1")
 OFFICIAL_MODELS = ("resnet56", "mobilenet_v1")
-PARTS = ("measures", "measures100", "official", "float64", "levers")
+PARTS = ("measures", "measures100", "official", "official_lp", "float64", "levers")
 HG_MEASURES = tuple(n for n, m in MEASURES.items() if m.needs == "hg")
 GRADIENT_MEASURES = tuple(n for n, m in MEASURES.items() if m.needs == "gradient")
 SEED = 0
@@ -326,6 +326,82 @@ def compare_official(
     return out
 
 
+def official_loss_preservation(model: nn.Module, batches: Sequence[Batch]) -> dict[str, Tensor]:
+    """The official per-batch loop (spec/paper.md §3.5, ``cal_importance_loss_based``), written
+    out: eval mode; for each loader batch ``(CE(f(x)/5, y) · n_b/N).backward()`` accumulating
+    ``.grad``; then per conv Σ_i |W_f,i · ḡ_f,i| over each output channel f."""
+    total = sum(len(y) for _, y in batches)
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        (F.cross_entropy(model(x) / 5.0, y) * (len(y) / total)).backward()
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.groups == 1:
+            out[name] = (m.weight * m.weight.grad).abs().sum(dim=(1, 2, 3)).detach()
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _loss_preservation_before(model: nn.Module, data: list[Batch], samples: int):
+    """gfverify's loss-preservation path before issue 12, replayed: the dependency analysis on
+    every call and ḡ by ``torch.func.grad`` (:func:`gfverify.flow.gradient`) in 128-chunks."""
+    from gfverify.groups import filter_groups
+    from gfverify.measures import first_batches
+
+    def f() -> dict[str, Tensor]:
+        groups = filter_groups(model, data[0][0][:2])
+        theta = flow.trainable_params(model)
+        big = flow.rebatch(first_batches(data, samples), 128)
+        g = flow.gradient(model, big, LossSpec("cross_entropy", 5.0), theta)
+        out = {}
+        for lname, group in groups.items():
+            w = theta[group.weight]
+            out[lname] = (w * g[group.weight]).abs().reshape(w.shape[0], -1).sum(1)
+        return out
+
+    return f
+
+
+def compare_official_loss_preservation(
+    model_name: str = "resnet56", samples: int = SAMPLES, repeats: int = 3
+) -> dict[str, Any]:
+    """Official per-batch loss-preservation loop vs ``score(model, "loss_preservation", ...)``
+    now and as before issue 12, medians of ``repeats`` interleaved rounds in this process.
+
+    ``speed_ratio`` = official seconds / gfverify seconds (≥ 1: gfverify at least as fast; the
+    issue's outside comparison found 0.80 before). Agreement on the official's conv layers.
+    """
+    torch.manual_seed(SEED)
+    model = build_model(model_name, num_classes=10).eval()
+    data = scoring_batches(10, samples)
+    warm_up(model, data)
+    fns: dict[str, Callable[[], dict[str, Tensor]]] = {
+        "official": lambda: official_loss_preservation(model, data),
+        "gfverify": _score_fn(model, "loss_preservation", data, samples),
+        "gfverify_before": _loss_preservation_before(model, data, samples),
+    }
+    for fn in fns.values():  # untimed: one-off costs of each path
+        fn()
+    results, times = interleaved(fns, repeats)
+    ref_s, ref_cpu = times["official"]["median_s"], times["official"]["median_cpu_s"]
+    out: dict[str, Any] = {
+        "model": model_name,
+        "samples": samples,
+        "repeats": repeats,
+        "times": times,
+    }
+    for k in ("gfverify", "gfverify_before"):
+        shared = {n: v for n, v in results[k].items() if n in results["official"]}
+        out[k] = {
+            "speed_ratio": ref_s / times[k]["median_s"],
+            "speed_ratio_cpu": ref_cpu / times[k]["median_cpu_s"],
+            "goal_met": ref_s / times[k]["median_s"] >= 1.0,
+            **agreement(shared, {n: results["official"][n] for n in shared}),
+        }
+    return out
+
+
 def float64_check(model_name: str, samples: int = QUICK_SAMPLES) -> dict[str, Any]:
     """Are float32 differences between the procedures rounding? Both again in float64 (C = 10).
 
@@ -477,6 +553,13 @@ def _summary(out: dict[str, Any]) -> dict[str, Any]:
                 s[f"{key}.{k}_s"] = r["times"][k]["median_s"]
                 s[f"{key}.{k}.speedup"] = r[k]["speedup"]
                 s[f"{key}.{k}.max_rel_diff"] = r[k]["max_rel_diff"]
+    for r in out.get("official_lp", []):
+        key = f"{r['model']}.official_loss_preservation"
+        s[f"{key}_s"] = r["times"]["official"]["median_s"]
+        for k in ("gfverify", "gfverify_before"):
+            s[f"{key}.{k}_s"] = r["times"][k]["median_s"]
+            s[f"{key}.{k}.speed_ratio"] = r[k]["speed_ratio"]
+            s[f"{key}.{k}.max_rel_diff"] = r[k]["max_rel_diff"]
     for r in out.get("float64", []):
         for k, v in r.items():
             if isinstance(v, dict):
@@ -497,6 +580,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ]
         out["official"] = [compare_official("resnet56", 10, QUICK_SAMPLES)]
         out["float64"] = [float64_check("resnet56", samples=128)]
+        out["official_lp"] = [compare_official_loss_preservation("resnet56", QUICK_SAMPLES)]
     else:
         parts = _env_list("BENCH_SCORING_PARTS", PARTS)
         models = _env_list("BENCH_SCORING_MODELS", MODELS)
@@ -517,6 +601,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                 for m in models
                 if m in OFFICIAL_MODELS
                 for c in (100, 10)
+            ]
+        if "official_lp" in parts:
+            lp_samples = int(os.environ.get("BENCH_SCORING_LP_SAMPLES", SAMPLES))
+            out["official_lp"] = [
+                compare_official_loss_preservation(m, lp_samples)
+                for m in models
+                if m in OFFICIAL_MODELS
             ]
         if "float64" in parts:
             out["float64"] = [float64_check(m) for m in models if m in OFFICIAL_MODELS]

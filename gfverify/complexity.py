@@ -7,6 +7,10 @@ For one input sample of shape ``input_shape``:
   ``d_in`` its *dead* input channels (below).
 - Depthwise conv:  MACs = P · C · k₁k₂… .
 - Linear:  MACs = P · (out − m_out) · (in − d_in), P = number of rows (1 for 2-D input).
+- Grouped conv (groups = G):  MACs = P · C_out · (C_in / G) · k₁k₂… .
+- ``nn.MultiheadAttention``: in/out projections and the two attention matmuls
+  (:func:`attention_macs`); attention written by hand from ``F.scaled_dot_product_attention``
+  or ``@`` is not counted.
 - Bias additions, BatchNorm, activations, pooling and residual adds are not MACs here (ptflops
   counts them; tests add them analytically to compare).
 
@@ -34,7 +38,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
 from gfverify.errors import ModelError
-from gfverify.groups import analyze_with_graph, is_depthwise, is_producer
+from gfverify.groups import analyze_with_graph, is_depthwise, is_producer, pruning_group
 from gfverify.surgery import MASK_ATTR, ChannelMask
 
 
@@ -74,8 +78,7 @@ def dead_channels(
     dead_in: dict[str, set[int]] = {}
     for name, z in out_masked.items():
         module = model.get_submodule(name)
-        pruner = graph.get_pruner_of_module(module)
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, sorted(z))
+        group = pruning_group(graph, module, sorted(z))
         alive_roots: set[int] = set()
         consumers: list[tuple[str, list[int], list[int]]] = []
         for item in group.items:
@@ -104,6 +107,21 @@ def dead_channels(
             if dead:
                 dead_in.setdefault(tname, set()).update(dead)
     return out_masked, dead_in
+
+
+def attention_macs(
+    module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> int:
+    """MACs of one ``nn.MultiheadAttention`` call for one sample, with L_q, L_k the query and
+    key lengths, E the embedding dim and k_d, v_d the key/value dims:
+    in-projections L_q·E·E + L_k·E·k_d + L_k·E·v_d, scores QKᵀ L_q·L_k·E, weighted values
+    A·V L_q·L_k·E, out-projection L_q·E·E (its Linear is not called as a module, so the Linear
+    hook never sees it). Softmax, scaling, biases and masks are not MACs here."""
+    e = module.embed_dim
+    seq = 1 if module.batch_first else 0
+    lq = query.shape[seq] if query.dim() == 3 else query.shape[0]
+    lk = key.shape[seq] if key.dim() == 3 else key.shape[0]
+    return lq * e * e + lk * e * module.kdim + lk * e * module.vdim + 2 * lq * lk * e + lq * e * e
 
 
 def count_complexity(model: nn.Module, input_shape: tuple[int, ...]) -> Complexity:
@@ -138,9 +156,19 @@ def count_complexity(model: nn.Module, input_shape: tuple[int, ...]) -> Complexi
         layer_macs[name] = layer_macs.get(name, 0) + positions * per_pos
         live_weight[name] = per_pos
 
+    def attention_hook(module: nn.MultiheadAttention, args: tuple, output: object) -> None:
+        layer_macs[names[module]] = layer_macs.get(names[module], 0) + attention_macs(
+            module, *args[:3]
+        )
+
     modes = {m: m.training for m in model.modules()}
     hooks = [
         m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _ConvNd | nn.Linear)
+    ]
+    hooks += [
+        m.register_forward_hook(attention_hook)
+        for m in model.modules()
+        if isinstance(m, nn.MultiheadAttention)
     ]
     try:
         model.eval()

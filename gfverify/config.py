@@ -351,6 +351,27 @@ class TrainConfig(_Section):
 
 
 @dataclass(frozen=True)
+class ProbeConfig(_Section):
+    """What a run records for the statistical claims (:mod:`gfverify.train.probes`), off by
+    default so plain runs are as fast as without it. With ``enabled``: probe L, ‖θ‖², ‖g‖²,
+    D1 = −2θᵀg on a fixed batch of the first ``samples`` training images (train-mode BN batch
+    statistics) every epoch and around each round, the first ``steps`` SGD steps after a round,
+    and, in unpruned runs only (``prune.ratio`` 0: S3 studies the dense net), the S3 study
+    (Kendall τ over ``tau_filters`` seeded filters; 0 = all) at ``tau_epochs`` (0 = the
+    initialisation) in ``tau_dtype``. All are identity keys: a probed
+    run is a different run."""
+
+    _prefix: ClassVar[str] = "probe."
+
+    enabled: bool = _f(False)
+    samples: int = _f(512, _range(1))
+    steps: int = _f(10, _range(0))
+    tau_epochs: tuple[int, ...] = _f((), _each(_range(0)))
+    tau_filters: int = _f(64, _range(0))
+    tau_dtype: Literal["float32", "float64"] = _f("float32")
+
+
+@dataclass(frozen=True)
 class RunConfig(_Section):
     """One run. ``device`` and ``name`` do not enter the run id."""
 
@@ -361,6 +382,7 @@ class RunConfig(_Section):
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
     seed: int = _f(0, lambda v: None if 0 <= v < 2**32 else "must be in [0, 2**32)")
     device: str = _f(
         "auto",
@@ -564,11 +586,26 @@ def _read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError("reading TOML needs Python >= 3.11 (tomllib) or the 'tomli' package")
     try:
         with path.open("rb") as fh:
-            return _toml.load(fh)
+            raw = _toml.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path {path} is a directory, not a TOML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8 TOML"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except _toml.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+    if not raw:
+        raise ConfigError(
+            f"config file {path} sets nothing (it is empty or only comments); it would run the"
+            " full default protocol (160 CIFAR-10 epochs). Set at least one key, e.g."
+            " `seed = 0`, to run the defaults on purpose"
+        )
+    return raw
 
 
 def _is_str_type(tp: Any) -> bool:

@@ -18,6 +18,8 @@ by batch size, equals the value on one big batch.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -300,6 +302,92 @@ def hessian_vector(
     ]
 
 
+class HgFallbackWarning(UserWarning):
+    """Hv was computed by another exact method than the one asked for (an op lacked it)."""
+
+
+_MISSING_OP = re.compile(
+    r"(?:derivative for|forward AD with)\s+(?:aten::)?([A-Za-z0-9_.:]+)", re.IGNORECASE
+)
+
+
+def missing_derivative_op(error: BaseException) -> str | None:
+    """The op named by torch's "derivative for aten::X is not implemented" / "Trying to use
+    forward AD with X" errors, or ``None`` for any other error."""
+    if not isinstance(error, NotImplementedError | RuntimeError):
+        return None
+    m = _MISSING_OP.search(str(error))
+    return m.group(1).removeprefix("aten::") if m else None
+
+
+def _module_of_op(model: nn.Module, op: str) -> str | None:
+    """The first module whose class name matches ``op`` without its ``_backward`` suffix
+    (``hardsigmoid_backward`` -> an ``nn.Hardsigmoid``); ``None`` if none does."""
+    base = op.removesuffix("_backward").replace("_", "").lower()
+    for name, m in model.named_modules():
+        kind = type(m).__name__.lower()
+        if kind == base or (len(base) > 3 and base in kind):
+            return name or type(m).__name__
+    if "attention" in base:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.MultiheadAttention):
+                return name
+    return None
+
+
+def hessian_vector_exact(
+    model: nn.Module,
+    batches: Sequence[Batch],
+    loss: LossSpec,
+    vector: Params,
+    params: Params | None = None,
+    method: HvpMethod = "reverse_over_forward",
+    whole_layer_grouped: bool = True,
+) -> tuple[Params, str]:
+    """(Hv, the method that computed it): :func:`hessian_vector` by ``method``; where an op
+    lacks forward-mode AD (``aten::_native_multi_head_attention``) or the double backward of a
+    fused kernel (CPU flash attention), Hv again by ``reverse_over_reverse`` with
+    ``scaled_dot_product_attention`` on its math backend — also exact — and a
+    :class:`HgFallbackWarning` naming the op. Where an op has no double backward at all
+    (``aten::hardsigmoid_backward``), a one-line :class:`gfverify.errors.ModelError` naming
+    the op and the module that calls it."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from gfverify.errors import ModelError
+
+    try:
+        return hessian_vector(
+            model, batches, loss, vector, params, method, whole_layer_grouped
+        ), str(method)
+    except (NotImplementedError, RuntimeError) as e:
+        op = missing_derivative_op(e)
+        if op is None:
+            raise
+        first = op
+    fallback = "reverse_over_reverse (math attention)"
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            hv = hessian_vector(
+                model, batches, loss, vector, params, "reverse_over_reverse", whole_layer_grouped
+            )
+    except (NotImplementedError, RuntimeError) as e:
+        op = missing_derivative_op(e)
+        if op is None:
+            raise
+        where = _module_of_op(model, op)
+        at = f" (module {where!r})" if where else ""
+        raise ModelError(
+            f"Hg needs a second derivative through op aten::{op}{at}, which torch does not "
+            "implement; replace that layer or use a measure without Hg"
+        ) from None
+    warnings.warn(
+        f"Hg: {method} failed at op aten::{first}; computed by {fallback} instead (exact)",
+        HgFallbackWarning,
+        stacklevel=2,
+    )
+    return hv, fallback
+
+
 def hvp_double_backward(
     model: nn.Module,
     batches: Sequence[Batch],
@@ -355,10 +443,11 @@ def flow_state(
     model: nn.Module, batches: Sequence[Batch], loss: LossSpec, params: Params | None = None
 ) -> FlowState:
     """θ, g = ∇L and Hg = ∇²L·g (two passes: g first, then Hg with g fixed as the vector, by
-    :func:`hessian_vector`)."""
+    :func:`hessian_vector_exact`: its exact fallback where an op lacks forward-mode AD, a
+    one-line ModelError where an op has no second derivative)."""
     params = _resolve(model, params)
     g = gradient(model, batches, loss, params)
-    hg = hessian_vector(model, batches, loss, g, params)
+    hg, _ = hessian_vector_exact(model, batches, loss, g, params)
     value = float(dataset_loss(model, batches, loss, params))
     return FlowState(theta={k: v.detach() for k, v in params.items()}, g=g, hg=hg, loss=value)
 

@@ -1,6 +1,6 @@
 """Prunable filter groups: which parameter slices form one prunable filter, keyed by module name.
 
-A *producing layer* is an ``nn.Linear`` or a (non-transposed) convolution with ``groups == 1``.
+A *producing layer* is an ``nn.Linear`` or a (non-transposed) convolution that is not depthwise.
 Filter ``f`` of producing layer ``P`` is the set of slices
 
     P.weight[f], P.bias[f], BN.weight[f], BN.bias[f]  (+ tied depthwise D.weight[f], ...)
@@ -17,6 +17,14 @@ slices we cut can never disagree; (b) it follows the actual computation, so mode
 control flow that ``torch.fx.symbolic_trace`` rejects still work; (c) it already resolves
 residual additions (coupled layers), concatenations and flatten→Linear index maps.
 
+Grouped convs and GroupNorm (G groups) keep equal-sized groups: a filter of a layer whose
+channels reach one is the same position in every group (:attr:`FilterGroup.channel_groups`).
+A layer torch-pruning's graph cannot prune with its neighbours (its channels meet a transposed
+conv, a PReLU, a bare parameter such as a ViT's ``class_token`` or ConvNeXt's
+``layer_scale``, a reshape it cannot map such as ShuffleNet's channel shuffle, an
+``nn.MultiheadAttention``) is left out with a one-line reason naming the user's module or
+parameter (:func:`unprunable`); the rest of the model is still scored and pruned.
+
 Coupling: layers whose outputs are added together (ResNet residual adds) share channel indices;
 :func:`coupled_groups` lists them, in forward order, the first one being the group's
 *representative* (see :func:`gfverify.surgery.prune_filters`, ``mode="full"``).
@@ -30,9 +38,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch_pruning as tp
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from gfverify.errors import ModelError
 
@@ -60,6 +69,11 @@ class FilterGroup:
             group (residual add), a depthwise conv after the add is tied to every member.
         num_filters: current number of output channels.
         tied_params: parameter names of the tied modules (each sliced along dim 0).
+        channel_groups: G > 1 when the layer's channels reach a grouped conv with G groups
+            (not depthwise) or a GroupNorm with G groups: those layers must keep equal-sized
+            groups, so one *filter* is the channel set {k + i·num_filters : i < G} (the same
+            position in every group, as torch-pruning removes them), scored by the sum of its
+            channels' contributions. ``num_filters`` then counts these units.
     """
 
     name: str
@@ -71,6 +85,22 @@ class FilterGroup:
     tied: tuple[str, ...]
     num_filters: int
     tied_params: tuple[str, ...] = field(default=())
+    channel_groups: int = 1
+
+    @property
+    def num_channels(self) -> int:
+        """Output channels of the layer: ``num_filters · channel_groups``."""
+        return self.num_filters * self.channel_groups
+
+    def channels(self, filters: list[int]) -> list[int]:
+        """The output channels of filters ``filters``: filter k is the channel set
+        {k + i·num_filters : i < channel_groups} (one channel when ``channel_groups == 1``)."""
+        u = self.num_filters
+        return sorted(k + i * u for i in range(self.channel_groups) for k in filters)
+
+    def fold(self, per_channel: Tensor) -> Tensor:
+        """Per-filter sums of a per-channel tensor: out[k] = Σ_i x[k + i·num_filters]."""
+        return per_channel.reshape(self.channel_groups, self.num_filters).sum(dim=0)
 
     def param_names(self, include_bn: bool = False, include_tied: bool = False) -> dict[str, int]:
         """Parameter name -> the dimension that indexes this layer's filters (always 0 here:
@@ -90,13 +120,16 @@ class GraphInfo:
     ``groups`` holds every producing layer, the output layers included; ``output_layers``
     names those whose output channels reach the model output; ``coupled`` lists the coupled
     groups (size >= 2), each in forward order; ``order`` is the forward order of all
-    Conv/Linear modules.
+    Conv/Linear modules; ``skipped`` names the Conv/Linear layers that cannot be pruned, each
+    with a one-line reason naming the user's module or parameter in the way.
     """
 
     groups: dict[str, FilterGroup]
     output_layers: frozenset[str]
     coupled: tuple[tuple[str, ...], ...]
     order: tuple[str, ...]
+    #: Conv/Linear module name -> one-line reason why it is left out of every plan
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def is_depthwise(module: nn.Module) -> bool:
@@ -110,26 +143,19 @@ def is_depthwise(module: nn.Module) -> bool:
 
 
 def is_producer(module: nn.Module) -> bool:
-    """A layer whose output channels are filters: ``nn.Linear`` or a conv with ``groups == 1``."""
+    """A layer whose output channels are filters: ``nn.Linear`` or a non-transposed conv that
+    is not depthwise (``groups == 1`` or a grouped conv; depthwise convs are *tied*)."""
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, _ConvNd) and not module.transposed and module.groups == 1
+    return isinstance(module, _ConvNd) and not module.transposed and not is_depthwise(module)
 
 
-def _check_conv_supported(name: str, module: nn.Module) -> None:
-    if not isinstance(module, _ConvNd):
-        return
-    if module.transposed:
-        raise ModelError(
-            f"module {name!r} ({type(module).__name__}) is a transposed conv; "
-            "filter pruning supports Conv with groups=1, depthwise convs and Linear"
-        )
-    if module.groups > 1 and not is_depthwise(module):
-        raise ModelError(
-            f"module {name!r} is a grouped conv (groups={module.groups}, "
-            f"in={module.in_channels}, out={module.out_channels}); only groups=1 or "
-            "depthwise (groups=in=out) convs can be pruned"
-        )
+def is_grouped(module: nn.Module) -> bool:
+    """A conv with ``groups > 1`` that is not depthwise (ResNeXt/RegNet grouped convs)."""
+    return isinstance(module, _ConvNd) and module.groups > 1 and not is_depthwise(module)
+
+
+_NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def default_example_input(model: nn.Module, batch_size: int = 1) -> torch.Tensor:
@@ -200,12 +226,71 @@ def _trace(
         if isinstance(m, _ConvNd | nn.Linear)
     ]
     try:
-        with _tracing(model):
+        with _tracing(model), _tolerant_reshape_mapping() as unmapped:
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
     finally:
         for h in hooks:
             h.remove()
+    graph._gfverify_unmapped = _unmapped_region(unmapped)
     return graph, tuple(order)
+
+
+@contextmanager
+def _tolerant_reshape_mapping() -> Iterator[list]:
+    """While active, a reshape whose channel index map torch-pruning cannot compute (it raises,
+    e.g. ``ZeroDivisionError`` on a channel shuffle ``view(b, g, c/g, h, w)``) is recorded in
+    the yielded list instead of aborting the trace; :func:`analyze` then leaves out every layer
+    whose channels pass through it."""
+    failed: list = []
+    original = tp_index_mapping.update_reshape_index_mapping
+
+    def tolerant(graph: tp.DependencyGraph, node: tp.dependency.Node) -> None:
+        try:
+            original(graph, node)
+        except (ZeroDivisionError, ValueError, RuntimeError, IndexError, TypeError):
+            failed.append(node)
+
+    tp_index_mapping.update_reshape_index_mapping = tolerant
+    try:
+        yield failed
+    finally:
+        tp_index_mapping.update_reshape_index_mapping = original
+
+
+def pruning_group(
+    graph: tp.DependencyGraph, module: nn.Module, channels: list[int], remap: bool = True
+) -> tp.dependency.Group:
+    """torch-pruning's group for removing output ``channels`` of ``module``. torch-pruning
+    recomputes the reshape/concat index maps on every call (with the failures of
+    :func:`_tolerant_reshape_mapping` recorded, not raised; :func:`analyze` has already left
+    out the layers they touch); ``remap=False`` skips that when the graph is unchanged since
+    its trace, which makes one :func:`analyze` of a deep net linear instead of quadratic."""
+    pruner = graph.get_pruner_of_module(module)
+    original = tp_index_mapping.update_index_mapping
+    if not remap:
+        tp_index_mapping.update_index_mapping = lambda graph: None
+    try:
+        with _tolerant_reshape_mapping():
+            return graph.get_pruning_group(module, pruner.prune_out_channels, channels)
+    finally:
+        tp_index_mapping.update_index_mapping = original
+
+
+def _unmapped_region(failed: list) -> set:
+    """The failed reshape nodes and every op node joined to them through parameter-free ops
+    (the other half of a channel shuffle: ``view → transpose → view``): their index maps are
+    not trustworthy."""
+    region: set = set()
+    stack = list(failed)
+    while stack:
+        node = stack.pop()
+        if node in region:
+            continue
+        region.add(node)
+        for nxt in (*node.inputs, *node.outputs):
+            if isinstance(nxt.module, tp.ops._ElementWiseOp | tp.ops._ReshapeOp):
+                stack.append(nxt)
+    return region
 
 
 def dependency_graph(
@@ -245,88 +330,182 @@ def analyze_with_graph(
     """:func:`analyze`, also returning the traced graph (valid until the model changes other
     than through the graph's own pruning groups)."""
     names = {m: n for n, m in model.named_modules()}
-    for name, m in model.named_modules():
-        if isinstance(m, _ConvNd):
-            _check_conv_supported(name, m)
     graph, order = _trace(model, example_input)
     rank = {n: i for i, n in enumerate(order)}
 
     groups: dict[str, FilterGroup] = {}
     output_layers: set[str] = set()
     coupled: dict[tuple[str, ...], None] = {}
+    skipped: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _ConvNd) and m.transposed:
+            skipped[name] = (
+                f"layer {name!r} ({type(m).__name__}) is a transposed conv; filter pruning "
+                "covers Conv (any groups), Linear and the norms after them"
+            )
     producers = [m for m in graph.module2node if is_producer(m) and m in names]
     for module in sorted(producers, key=lambda m: rank.get(names[m], len(rank))):
         name = names[module]
-        node = graph.module2node[module]
-        pruner = graph.get_pruner_of_module(module)
-        width = pruner.get_out_channels(module)
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(width)))
-        members: list[str] = []
-        tied: list[str] = []
-        tied_params: list[str] = []
-        reaches_output = len(node.outputs) == 0
-        for item in group.items:
-            target = item.dep.target
-            tmod = target.module
-            consumed = is_producer(tmod) and graph.is_in_channel_pruning_fn(item.dep.handler)
-            if len(target.outputs) == 0 and not consumed:
-                reaches_output = True  # the channel itself is (part of) a model output
-            if isinstance(tmod, _PASS_THROUGH_OPS) or isinstance(tmod, _BatchNorm):
-                continue
-            tname = names.get(tmod, None) if isinstance(tmod, nn.Module) else None
-            if isinstance(tmod, nn.Parameter) or tname is None:
-                what = graph._param_to_name.get(tmod, target.name)
-                raise ModelError(
-                    f"bare parameter or op {what!r} shares channels with layer {name!r}; "
-                    "only Conv, Linear and BatchNorm modules can be pruned with it"
-                )
-            if is_depthwise(tmod):
-                if tname not in tied:
-                    tied.append(tname)
-                    tied_params += [
-                        p for p in (_param(tmod, tname, "weight"), _param(tmod, tname, "bias")) if p
-                    ]
-                    dw_bn = _bn_after(target)
-                    if dw_bn is not None:
-                        bname = names[dw_bn.module]
-                        tied.append(bname)
-                        tied_params += [
-                            p
-                            for p in (
-                                _param(dw_bn.module, bname, "weight"),
-                                _param(dw_bn.module, bname, "bias"),
-                            )
-                            if p
-                        ]
-                continue
-            if is_producer(tmod):
-                if graph.is_out_channel_pruning_fn(item.dep.handler) and tname not in members:
-                    members.append(tname)
-                continue
-            raise ModelError(
-                f"module {tname!r} ({type(tmod).__name__}) shares channels with layer {name!r} "
-                "but cannot be pruned; supported: Conv (groups=1 or depthwise), Linear, BatchNorm"
-            )
-        if name not in members:
-            members.append(name)
-        bn_node = _bn_after(node)
-        bn_name = names[bn_node.module] if bn_node is not None else None
-        groups[name] = FilterGroup(
-            name=name,
-            weight=f"{name}.weight",
-            bias=_param(module, name, "bias"),
-            bn=bn_name,
-            bn_weight=_param(bn_node.module, bn_name, "weight") if bn_node else None,
-            bn_bias=_param(bn_node.module, bn_name, "bias") if bn_node else None,
-            tied=tuple(tied),
-            num_filters=width,
-            tied_params=tuple(tied_params),
-        )
+        found = _layer_group(graph, module, name, names)
+        if isinstance(found, str):
+            skipped[name] = found
+            continue
+        group, members, reaches_output = found
+        groups[name] = group
         if reaches_output:
             output_layers.add(name)
         if len(members) > 1:
             coupled[tuple(sorted(members, key=lambda n: rank.get(n, len(rank))))] = None
-    return GraphInfo(groups, frozenset(output_layers), tuple(coupled), order), graph
+    # a coupled group is prunable only if every member is
+    kept_coupled = []
+    for grp in coupled:
+        bad = [n for n in grp if n in skipped]
+        if bad:
+            for n in grp:
+                if n not in skipped:
+                    skipped[n] = f"layer {n!r} is coupled to {bad[0]!r}: {skipped[bad[0]]}"
+                    groups.pop(n, None)
+                    output_layers.discard(n)
+        else:
+            kept_coupled.append(grp)
+    info = GraphInfo(groups, frozenset(output_layers), tuple(kept_coupled), order, skipped)
+    return info, graph
+
+
+def _what(graph: tp.DependencyGraph, node: tp.dependency.Node, names: dict) -> str:
+    """The user's name for what sits at ``node``: a module name, a bare parameter's name (also
+    when it only feeds the op at ``node``, e.g. ViT's ``class_token`` through an expand), or the
+    op with the module it follows."""
+    mod = node.module
+    if isinstance(mod, nn.Parameter):
+        return graph._param_to_name.get(mod, "a bare parameter")
+    if mod in names:
+        return names[mod]
+    for inp in node.inputs:
+        if isinstance(inp.module, nn.Parameter):
+            return graph._param_to_name.get(inp.module, "a bare parameter")
+    kind = type(mod).__name__.strip("_").replace("Op", "").lower() or "op"
+    near = _nearest_module(node, names)
+    return f"a {kind} op" + (f" after {near!r}" if near else "")
+
+
+def _nearest_module(node: tp.dependency.Node, names: dict) -> str | None:
+    seen, frontier = set(), [node]
+    for _ in range(32):
+        nxt = []
+        for n in frontier:
+            for i in n.inputs:
+                if i in seen:
+                    continue
+                seen.add(i)
+                if isinstance(i.module, nn.Module) and i.module in names:
+                    return names[i.module]
+                nxt.append(i)
+        if not nxt:
+            return None
+        frontier = nxt
+    return None
+
+
+def _layer_group(
+    graph: tp.DependencyGraph, module: nn.Module, name: str, names: dict
+) -> tuple[FilterGroup, list[str], bool] | str:
+    """Layer ``name``'s :class:`FilterGroup`, its coupled members and whether its channels
+    reach the model output; or a one-line reason why it cannot be pruned."""
+    node = graph.module2node[module]
+    pruner = graph.get_pruner_of_module(module)
+    width = pruner.get_out_channels(module)
+    try:
+        group = pruning_group(graph, module, list(range(width)), remap=False)
+    except Exception as e:  # torch-pruning cannot follow the channels
+        why = type(e).__name__
+        if getattr(graph, "_gfverify_unmapped", None):
+            why += " past a reshape it cannot map, e.g. a channel shuffle"
+        return f"layer {name!r}: torch-pruning cannot follow its channels ({why})"
+    unmapped = getattr(graph, "_gfverify_unmapped", set())
+    members: list[str] = []
+    tied: list[str] = []
+    tied_params: list[str] = []
+    ch_groups = 1
+    reaches_output = len(node.outputs) == 0
+    for item in group.items:
+        target = item.dep.target
+        tmod = target.module
+        handler = item.dep.handler
+        consumed = is_producer(tmod) and graph.is_in_channel_pruning_fn(handler)
+        if len(target.outputs) == 0 and not consumed:
+            reaches_output = True  # the channel itself is (part of) a model output
+        if target in unmapped:
+            return (
+                f"layer {name!r}: its channels pass through a reshape that torch-pruning cannot "
+                f"map (a channel shuffle?) at {_what(graph, target, names)}"
+            )
+        if isinstance(tmod, _PASS_THROUGH_OPS):
+            continue
+        if isinstance(tmod, _NORMS):
+            if isinstance(tmod, nn.GroupNorm):
+                ch_groups = max(ch_groups, tmod.num_groups)
+            continue
+        tname = names.get(tmod, None) if isinstance(tmod, nn.Module) else None
+        if tname is None:
+            return (
+                f"layer {name!r} shares channels with {_what(graph, target, names)}, which "
+                "cannot be pruned with it"
+            )
+        if is_depthwise(tmod):
+            if tname not in tied:
+                tied.append(tname)
+                tied_params += [
+                    p for p in (_param(tmod, tname, "weight"), _param(tmod, tname, "bias")) if p
+                ]
+                dw_bn = _bn_after(target)
+                if dw_bn is not None:
+                    bname = names[dw_bn.module]
+                    tied.append(bname)
+                    tied_params += [
+                        p
+                        for p in (
+                            _param(dw_bn.module, bname, "weight"),
+                            _param(dw_bn.module, bname, "bias"),
+                        )
+                        if p
+                    ]
+            continue
+        if is_grouped(tmod) and tmod.groups == tmod.out_channels:
+            return (
+                f"layer {name!r} shares channels with grouped conv {tname!r} (groups = "
+                f"out_channels = {tmod.groups} != in_channels), which torch-pruning mistakes "
+                "for a depthwise conv"
+            )
+        if is_producer(tmod):
+            if is_grouped(tmod):
+                ch_groups = max(ch_groups, tmod.groups)
+            if graph.is_out_channel_pruning_fn(handler) and tname not in members:
+                members.append(tname)
+            continue
+        return (
+            f"layer {name!r} shares channels with module {tname!r} ({type(tmod).__name__}), "
+            "which cannot be pruned with it"
+        )
+    if name not in members:
+        members.append(name)
+    if width % ch_groups:
+        return f"layer {name!r}: {width} channels do not split into {ch_groups} equal groups"
+    bn_node = _bn_after(node)
+    bn_name = names[bn_node.module] if bn_node is not None else None
+    fg = FilterGroup(
+        name=name,
+        weight=f"{name}.weight",
+        bias=_param(module, name, "bias"),
+        bn=bn_name,
+        bn_weight=_param(bn_node.module, bn_name, "weight") if bn_node else None,
+        bn_bias=_param(bn_node.module, bn_name, "bias") if bn_node else None,
+        tied=tuple(tied),
+        num_filters=width // ch_groups,
+        tied_params=tuple(tied_params),
+        channel_groups=ch_groups,
+    )
+    return fg, members, reaches_output
 
 
 def filter_groups(
@@ -338,17 +517,25 @@ def filter_groups(
 
     Layers whose output channels reach the model output (the classifier producing the logits)
     are left out unless ``include_classifier``. ``example_input`` defaults to
-    :func:`default_example_input`. Raises :class:`ModelError` for an unsupported module in a
-    prunable position (grouped or transposed conv, LayerNorm/GroupNorm/PReLU/bare parameters
-    sharing channels with a prunable layer) and when nothing is prunable.
+    :func:`default_example_input`. A layer that cannot be pruned (its channels meet a
+    transposed conv, a PReLU, a bare parameter, an op torch-pruning cannot map...) is left
+    out; :func:`unprunable` says why. Raises :class:`ModelError` when nothing is prunable.
     """
     info = analyze(model, example_input)
     out = {
         n: g for n, g in info.groups.items() if include_classifier or n not in info.output_layers
     }
     if not out:
-        raise ModelError(f"model {type(model).__name__} has no prunable layer")
+        why = next(iter(info.skipped.values()), None)
+        raise ModelError(
+            f"model {type(model).__name__} has no prunable layer" + (f" ({why})" if why else "")
+        )
     return out
+
+
+def unprunable(model: nn.Module, example_input: torch.Tensor | None = None) -> dict[str, str]:
+    """Conv/Linear layer name -> one-line reason why it is left out of every pruning plan."""
+    return dict(analyze(model, example_input).skipped)
 
 
 def coupled_groups(

@@ -39,6 +39,9 @@ __all__ = [
     "load_checkpoint",
     "read_checkpoint_meta",
     "file_lock",
+    "os_error_line",
+    "check_writable",
+    "write_or_salvage",
 ]
 
 CHECKPOINT_MAGIC = b"GFVCKPT1\n"
@@ -183,6 +186,79 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# writability: fail before the work, never lose finished work to a failed write
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an OSError: ``Permission denied: 'runs/x' (errno 13)``."""
+    what = exc.strerror or type(exc).__name__
+    where = " -> ".join(repr(os.fspath(f)) for f in (exc.filename, exc.filename2) if f)
+    return f"{what}: {where}" if where else f"{what} ({exc})"
+
+
+def _existing_ancestor(path: Path) -> Path:
+    here = path
+    while not here.exists():
+        if here.parent == here:
+            break
+        here = here.parent
+    return here
+
+
+def check_writable(path: str | Path, *, directory: bool = False, what: str = "output") -> Path:
+    """Raise GfverifyError (one line) unless ``path`` can be written, *before* any work.
+
+    ``path`` is a file to be written atomically (``directory=False``: its folder must take a new
+    file) or a directory to be created/filled (``directory=True``). Nothing is created: the
+    nearest existing ancestor is probed with a temporary file that is removed at once (a probe,
+    not ``os.access``, so read-only mounts and root on a read-only file system are caught).
+    Returns ``path``.
+    """
+    path = Path(path)
+    folder = path if directory else path.parent
+    if path.exists() and not directory and path.is_dir():
+        raise GfverifyError(f"{what} {path} is a directory, not a file")
+    if folder.exists() and not folder.is_dir():
+        raise GfverifyError(f"{what} {path}: {folder} is a file, not a directory")
+    base = _existing_ancestor(folder)
+    if not base.is_dir():
+        raise GfverifyError(f"{what} {path}: {base} is a file, not a directory")
+    probe = base / f".gfverify-probe.{os.getpid()}.{secrets.token_hex(_TOKEN_BYTES)}.tmp"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        missing = "" if base == folder else f" (to create {folder})"
+        raise GfverifyError(
+            f"cannot write {what} {path}: {base} is not writable{missing}: "
+            f"{exc.strerror or type(exc).__name__}"
+        ) from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return path  # (an existing read-only file is fine: the atomic write replaces it)
+
+
+def write_or_salvage(path: str | Path, text: str, *, what: str = "output") -> Path:
+    """Atomically write ``text`` to ``path``; if that fails, write it to a fresh file in the
+    temporary directory instead and raise GfverifyError naming both (the work is not lost).
+
+    Returns ``path`` on success.
+    """
+    import tempfile
+
+    path = Path(path)
+    try:
+        atomic_write_text(path, text)
+        return path
+    except OSError as exc:
+        reason = os_error_line(exc)
+    fd, spare = tempfile.mkstemp(prefix=f"gfverify-{path.stem}-", suffix=path.suffix or ".txt")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    raise GfverifyError(f"could not write {what} {path} ({reason}); it was saved to {spare}")
 
 
 # --------------------------------------------------------------------------------------------

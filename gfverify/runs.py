@@ -24,10 +24,13 @@ import math
 import operator
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,7 +46,7 @@ from gfverify.config import (
     identity_keys,
     run_id,
 )
-from gfverify.errors import CheckpointError, ConfigError, GfverifyError
+from gfverify.errors import CheckpointError, ConfigError, GfverifyError, GfverifyWarning
 
 __all__ = [
     "RunDir",
@@ -55,6 +58,8 @@ __all__ = [
     "run_path",
     "check_config_matches",
     "is_finished",
+    "result_state",
+    "Terminated",
     "read_result",
     "read_status",
     "read_metrics",
@@ -76,6 +81,18 @@ LOCK_FILE = "lock"
 _RESERVED = {CONFIG_FILE, ENV_FILE, STATUS_FILE, METRICS_FILE, CHECKPOINT_FILE, RESULT_FILE}
 
 TrainFn = Callable[[RunConfig, "RunDir"], Mapping[str, Any]]
+#: Called with each metrics record right after :meth:`RunDir.log_epoch` wrote it.
+EpochHook = Callable[[Mapping[str, Any]], None]
+#: env.json keys a train function may report (``update_env``) that describe determinism; they
+#: are kept in the ``determinism`` block too, so that env.json never says two things.
+DETERMINISM_KEYS = (
+    "deterministic_algorithms",
+    "cudnn_deterministic",
+    "cudnn_benchmark",
+    "matmul_allow_tf32",
+    "cudnn_allow_tf32",
+    "num_threads",
+)
 
 
 class RunFailedError(GfverifyError):
@@ -197,6 +214,7 @@ class RunDir:
         self._metrics: list[dict[str, Any]] = gio.read_jsonl(self.metrics_path)
         self._attempt = 0
         self._started = time.time()
+        self.epoch_hooks: list[EpochHook] = []
 
     # paths
     @property
@@ -249,6 +267,8 @@ class RunDir:
         gio.append_jsonl(self.metrics_path, record)
         self._metrics.append(record)
         self.set_status("running", last_metrics=_scalars(record))
+        for hook in self.epoch_hooks:
+            _safe(lambda hook=hook: hook(dict(record)))  # progress display must not break a run
 
     # checkpoints
     def save_checkpoint(self, state: Any) -> None:
@@ -336,14 +356,58 @@ class RunDir:
         env = environment(self.config)
         env["attempt"] = self._attempt
         env["history"] = history
+        if isinstance(previous.get("segments"), list):
+            env["segments"] = previous["segments"]
         gio.atomic_write_json(self.path / ENV_FILE, env)
 
+    def _record_segment(self) -> None:
+        """Append this attempt to env.json ``segments`` (attempt, first epoch, thread count,
+        host, time). A resume under another thread count than an earlier segment that did
+        work changes floating-point reductions: warn (GfverifyWarning) and record
+        ``thread_counts`` (every count the run's epochs were computed under) and
+        ``mixed_threads: true``."""
+        env = _read_json_or(self.path / ENV_FILE, {})
+        start = self.completed_epochs()
+        threads = _thread_count()
+        segments = [s for s in env.get("segments", []) if isinstance(s, dict)]
+        worked = [s for s in segments if int(s.get("from_epoch", 0)) < start]
+        segments.append(
+            {
+                "attempt": self._attempt,
+                "from_epoch": start,
+                "num_threads": threads,
+                "hostname": socket.gethostname(),
+                "time": _now(),
+            }
+        )
+        counts = sorted({s.get("num_threads") for s in [*worked, segments[-1]]}, key=str)
+        env["segments"] = segments
+        env["thread_counts"] = counts
+        env["mixed_threads"] = len(counts) > 1
+        gio.atomic_write_json(self.path / ENV_FILE, env)
+        if len(counts) > 1:
+            earlier = ", ".join(str(c) for c in counts if c != threads)
+            warnings.warn(
+                f"run {self.run_id} resumes at epoch {start} under {threads} thread(s); its"
+                f" earlier epochs ran under {earlier}, so its result may differ from an"
+                f" uninterrupted run (recorded in {self.path / ENV_FILE}: segments)",
+                GfverifyWarning,
+                stacklevel=2,
+            )
+
     def _refresh_env(self) -> None:
+        """Refresh what the process can tell after the run (CUDA); determinism values the train
+        function reported (``update_env``) win over the process state now."""
         env = _read_json_or(self.path / ENV_FILE, {})
         fresh = environment(self.config)
-        for key in ("determinism", "cuda_available", "cuda_devices", "cuda"):
+        for key in ("cuda_available", "cuda_devices", "cuda"):
             if key in fresh:
                 env[key] = fresh[key]
+        if "determinism" in fresh:
+            block = dict(fresh["determinism"])
+            block.update(env.get("determinism") or {})
+            block.update({k: env[k] for k in DETERMINISM_KEYS if k in env})
+            env["determinism"] = block
         gio.atomic_write_json(self.path / ENV_FILE, env)
 
 
@@ -353,7 +417,21 @@ def update_env(run_dir: str | Path, **fields: Any) -> None:
     path = Path(run_dir) / ENV_FILE
     env = _read_json_or(path, {})
     env.update(fields)
+    reported = {k: fields[k] for k in DETERMINISM_KEYS if k in fields}
+    if reported:  # one truth: the determinism block agrees with what the run reported
+        env["determinism"] = {**(env.get("determinism") or {}), **reported}
     gio.atomic_write_json(path, env)
+
+
+def _thread_count() -> int | None:
+    """torch's intra-op thread count if torch is imported, else OMP_NUM_THREADS, else None."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        with contextlib.suppress(Exception):
+            return int(torch.get_num_threads())
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        return int(os.environ["OMP_NUM_THREADS"])
+    return None
 
 
 def _scalars(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -396,9 +474,63 @@ def run_path(config: RunConfig, runs_dir: str | Path) -> Path:
     return Path(runs_dir) / run_id(config)
 
 
+def result_state(path: str | Path) -> Literal["none", "ok", "corrupt"]:
+    """``ok``: result.json holds a JSON object; ``corrupt``: it exists but does not (truncated,
+    overwritten, not an object); ``none``: there is none."""
+    file = Path(path) / RESULT_FILE
+    if not file.exists():
+        return "none"
+    try:
+        return "ok" if isinstance(gio.read_json(file), Mapping) else "corrupt"
+    except (OSError, ValueError):
+        return "corrupt"
+
+
 def is_finished(path: str | Path) -> bool:
-    """A run is finished iff its result.json exists."""
-    return (Path(path) / RESULT_FILE).exists()
+    """A run is finished iff its result.json holds a result (a corrupt one does not count: the
+    run is run again, resuming from its checkpoint, and result.json is rewritten)."""
+    return result_state(path) == "ok"
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived while a run was executing (e.g. ``kill``, a scheduler's preemption)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+    def __str__(self) -> str:
+        return f"terminated by signal {signal.Signals(self.signum).name}"
+
+
+@contextlib.contextmanager
+def _terminate_as_exception() -> Any:
+    """Inside the block SIGTERM raises :class:`Terminated` (so the run records "interrupted"
+    and releases its lock) instead of killing the process with status.json still "running".
+
+    Only from the main thread, and only where SIGTERM has its default action: a handler someone
+    else installed (submitit's, a user's) is left in place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+    except (ValueError, OSError):  # pragma: no cover
+        yield
+        return
+    if previous not in (signal.SIG_DFL, None):
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _normal(value: Any) -> Any:
@@ -471,8 +603,14 @@ def execute(
     runs_dir: str | Path,
     train_fn: TrainFn | str | None = None,
     resume: bool = True,
+    on_epoch: EpochHook | None = None,
 ) -> RunResult:
     """Run ``config`` in ``runs_dir/<run_id>`` unless already finished or busy.
+
+    ``on_epoch(record)`` (optional) is called after each logged epoch (progress display).
+    The run directory's writability is checked first (one-line GfverifyError, nothing made).
+    A result.json that is not a JSON object is ignored with a warning: the run resumes from its
+    checkpoint and the result is written again. SIGTERM during the run marks it interrupted.
 
     1. result.json exists -> ``skipped`` (the stored result is returned; a killed writer's
        temporaries are removed if the lock is free).
@@ -495,20 +633,31 @@ def execute(
         return RunResult(rid, path, "skipped", read_result(path))
     check_config_matches(config, path)
     fn = resolve_train_fn(train_fn)
+    gio.check_writable(path, directory=True, what="run directory")
     path.mkdir(parents=True, exist_ok=True)
-    with gio.file_lock(path / LOCK_FILE, blocking=False) as held:
+    with gio.file_lock(path / LOCK_FILE, blocking=False) as held, _terminate_as_exception():
         if not held:
             return RunResult(rid, path, "busy")
         if is_finished(path):  # finished by another process between the check and the lock
             return RunResult(rid, path, "skipped", read_result(path))
         check_config_matches(config, path)
         gio.remove_temporaries(path)  # a killed writer's
+        if result_state(path) == "corrupt":
+            warnings.warn(
+                f"run {rid}: {path / RESULT_FILE} is corrupt (not a JSON object); running it"
+                " again from its checkpoint to rewrite it",
+                GfverifyWarning,
+                stacklevel=2,
+            )
         if not (path / CONFIG_FILE).exists():
             gio.atomic_write_json(path / CONFIG_FILE, config_to_dict(config))
         run = RunDir(path, config)
+        if on_epoch is not None:
+            run.epoch_hooks.append(on_epoch)
         try:
             run._write_env()
             run._reconcile(resume)
+            run._record_segment()
             run.set_status("running", resumed_from=run.completed_epochs())
             result = fn(config, run)
             if not isinstance(result, Mapping):
@@ -516,7 +665,9 @@ def execute(
                     f"run {rid}: train_fn returned {type(result).__name__}, expected a dict"
                 )
             result = dict(result)
-            gio.atomic_write_json(path / RESULT_FILE, result)
+            # A finished computation is never lost to a failed write: it is saved elsewhere
+            # and the error names that file (gio.write_or_salvage).
+            gio.write_or_salvage(path / RESULT_FILE, gio._dumps(result) + "\n", what="result")
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
             _safe(run._refresh_env)
@@ -528,7 +679,7 @@ def execute(
                 f"run {rid} failed at epoch {run.completed_epochs()}: {reason}"
             ) from exc
         except BaseException as exc:
-            kind = type(exc).__name__
+            kind = str(exc) if isinstance(exc, Terminated) else type(exc).__name__
             _safe(lambda: run.set_status("interrupted", reason=kind))
             raise
         _safe(run._refresh_env)

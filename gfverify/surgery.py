@@ -59,6 +59,7 @@ from gfverify.groups import (
     analyze_with_graph,
     default_example_input,
     is_producer,
+    pruning_group,
 )
 
 Mode = Literal["full", "paper"]
@@ -267,6 +268,8 @@ def _resolve(model: nn.Module, info: GraphInfo, plan: Plan, mode: str) -> tuple[
     remove: dict[str, list[int]] = {}
     mask: dict[str, list[int]] = {}
     for name, raw in plan.items():
+        if name in info.skipped:
+            raise ModelError(f"plan names a layer that cannot be pruned: {info.skipped[name]}")
         if name not in info.groups or name in info.output_layers:
             raise ModelError(f"plan names {name!r}, which is not a prunable layer")
         idx = _as_index_list(name, raw, info.groups[name].num_filters)
@@ -274,6 +277,10 @@ def _resolve(model: nn.Module, info: GraphInfo, plan: Plan, mode: str) -> tuple[
             continue
         grp = coupled_of.get(name)
         if grp is not None and mode == "paper":
+            if info.groups[name].channel_groups > 1:
+                raise ModelError(
+                    f"layer {name!r} has grouped channels; mask it with mode='full' instead"
+                )
             mask[name] = idx
         elif grp is not None and name != grp[0]:
             raise ModelError(
@@ -298,17 +305,17 @@ def _resolve(model: nn.Module, info: GraphInfo, plan: Plan, mode: str) -> tuple[
 def _remove(
     model: nn.Module,
     graph: object,
-    name: str,
+    fgroup: FilterGroup,
     idx: list[int],
     names: dict[nn.Module, str],
     kept: dict[str, ParamSurgery],
     removed: dict[str, list[int]],
 ) -> None:
-    """Remove channels ``idx`` of layer ``name`` and everything tied to them; compose the
-    per-parameter kept-index maps and slice any :class:`ChannelMask` along."""
-    module = model.get_submodule(name)
-    pruner = graph.get_pruner_of_module(module)
-    group = graph.get_pruning_group(module, pruner.prune_out_channels, idx)
+    """Remove filters ``idx`` of layer ``fgroup.name`` (their channels,
+    :meth:`FilterGroup.channels`) and everything tied to them; compose the per-parameter
+    kept-index maps and slice any :class:`ChannelMask` along."""
+    module = model.get_submodule(fgroup.name)
+    group = pruning_group(graph, module, fgroup.channels(idx))
     touched: dict[str, list[int]] = {}
     for item in group.items:
         tmod = item.dep.target.module
@@ -320,7 +327,7 @@ def _remove(
             raise ModelError(f"layer {tname!r} is cut twice with different indices")
         touched[tname] = idxs
         if is_producer(tmod) and graph.is_out_channel_pruning_fn(item.dep.handler):
-            removed[tname] = idxs
+            removed[tname] = sorted({i % fgroup.num_filters for i in idxs})
     before = {}
     for tname in touched:
         before.update(_own_tensors(model.get_submodule(tname), tname))
@@ -334,10 +341,14 @@ def _remove(
             for dim, (o, n) in enumerate(zip(old_shape, new.shape)):
                 if o == n:
                     continue
-                if o - n != len(idxs):
-                    raise ModelError(f"unexpected cut of {pname!r} along dim {dim}")
                 gone = set(idxs)
-                keep_local = [i for i in range(o) if i not in gone]
+                if o - n == len(idxs):
+                    keep_local = [i for i in range(o) if i not in gone]
+                elif o - n == len(idxs) // fgroup.channel_groups:
+                    # grouped conv input: the weight holds one group's channels (in/groups)
+                    keep_local = [i for i in range(o) if i not in gone]
+                else:
+                    raise ModelError(f"unexpected cut of {pname!r} along dim {dim}")
                 if pname in params:
                     ps = kept.setdefault(pname, ParamSurgery())
                     prev = ps.kept.get(dim, list(range(o)))
@@ -396,7 +407,7 @@ def prune_filters(
     if remove:
         names = {m: n for n, m in model.named_modules()}
         for name, idx in remove.items():
-            _remove(model, graph, name, idx, names, kept, removed)
+            _remove(model, graph, info.groups[name], idx, names, kept, removed)
     for name, idx in mask.items():
         _mask(model, info.groups[name], idx, kept)
     record = PruneRecord(
@@ -547,8 +558,7 @@ def consumer_inputs(
     out: dict[str, set[int]] = {}
     for name, idx in remove.items():
         module = model.get_submodule(name)
-        pruner = graph.get_pruner_of_module(module)
-        group = graph.get_pruning_group(module, pruner.prune_out_channels, idx)
+        group = pruning_group(graph, module, info.groups[name].channels(idx))
         for item in group.items:
             tmod = item.dep.target.module
             if (
@@ -561,9 +571,9 @@ def consumer_inputs(
     return {n: sorted(v) for n, v in out.items()}
 
 
-def _zero_channels(x: Tensor, idx: list[int]) -> Tensor:
+def _zero_channels(x: Tensor, idx: list[int], dim: int = 1) -> Tensor:
     x = x.clone()
-    x[:, idx] = 0
+    x.index_fill_(dim, torch.tensor(idx, dtype=torch.long, device=x.device), 0)
     return x
 
 
@@ -578,7 +588,7 @@ def _after_bn_targets(
     for name, idx in chosen.items():
         members = coupled_of.get(name, (name,)) if name in remove else (name,)
         for member in members:
-            targets[info.groups[member].bn or member] = idx
+            targets[info.groups[member].bn or member] = info.groups[member].channels(idx)
     return targets
 
 
@@ -586,7 +596,10 @@ def _after_bn_targets(
 def _hooked(model: nn.Module, pre: Mapping[str, list[int]], post: Mapping[str, list[int]]):
     handles = [
         model.get_submodule(n).register_forward_pre_hook(
-            lambda m, args, idx=idx: (_zero_channels(args[0], idx), *args[1:])
+            lambda m, args, idx=idx: (
+                _zero_channels(args[0], idx, -1 if isinstance(m, nn.Linear) else 1),
+                *args[1:],
+            )
         )
         for n, idx in pre.items()
     ] + [

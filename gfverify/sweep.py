@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 import shutil
+import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,6 +35,7 @@ from typing import Any, Literal
 
 import submitit
 
+from gfverify import io as gio
 from gfverify.config import RunConfig, run_id
 from gfverify.errors import GfverifyError
 from gfverify.runs import (
@@ -106,10 +111,41 @@ def _run_one(
 # local pool
 
 _WORKER_DEVICE: str | None = None
+#: Seconds a worker whose parent died gets to record its run as interrupted before it exits.
+ORPHAN_GRACE_S = 10.0
+
+
+def _die_with_parent(grace_s: float = ORPHAN_GRACE_S) -> bool:
+    """In a spawned worker: a daemon thread waits on the parent's sentinel (readable once the
+    parent is gone, however it died, kill -9 included). Then SIGTERM goes to this process's
+    main thread (``execute`` records the run "interrupted" and releases its lock), and after
+    ``grace_s`` the process exits regardless. Returns False where there is no parent process
+    to watch (not a multiprocessing child)."""
+    parent = multiprocessing.parent_process()
+    if parent is None or getattr(parent, "sentinel", None) is None:
+        return False
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        try:
+            multiprocessing.connection.wait([sentinel])
+        except OSError:
+            pass
+        try:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        except (OSError, ValueError, AttributeError):
+            os._exit(1)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gfverify-parent-watch", daemon=True).start()
+    return True
 
 
 def _init_worker(counter: Any, devices: Sequence[str], threads: int | None) -> None:
-    """Pool initializer: worker k (in start order) takes ``devices[k % len(devices)]``."""
+    """Pool initializer: worker k (in start order) takes ``devices[k % len(devices)]``; the
+    worker dies with the sweep that started it (:func:`_die_with_parent`)."""
+    _die_with_parent()
     global _WORKER_DEVICE
     with counter.get_lock():
         k = counter.value
@@ -371,6 +407,7 @@ def run_sweep(
             " (SlurmOptions.gpus_per_node)"
         )
     _check_train_fn(train_fn)
+    gio.check_writable(runs_dir, directory=True, what="runs directory")
     runs_dir.mkdir(parents=True, exist_ok=True)
     ids = [run_id(c) for c in configs]
     unique: dict[str, RunConfig] = {}

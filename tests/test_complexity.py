@@ -214,3 +214,41 @@ def test_counting_leaves_the_model_alone():
     side = spec.image_size
     assert c.layer_macs["features.0"] == side * side * 3 * 3 * 9
     assert math.prod((side, side)) * 4 * 4 * 9 == c.layer_macs["features.6.conv1"]
+
+
+def _vit(layers: int = 2):
+    from torchvision.models import VisionTransformer
+
+    return VisionTransformer(
+        image_size=16,
+        patch_size=4,
+        num_layers=layers,
+        num_heads=3,
+        hidden_dim=12,
+        mlp_dim=24,
+        num_classes=10,
+    )
+
+
+def test_attention_macs_by_hand():
+    """ViT-like: L = 16 patches + 1 class token, E = 12. Per encoder layer: in-projections
+    3·L·E², QKᵀ and A·V L²·E each, out-projection L·E², MLP 2·L·E·24; plus the patch conv
+    16·12·3·4·4 and the head 12·10."""
+    model = _vit(2)
+    length, e = 17, 12
+    attention = 3 * length * e * e + 2 * length * length * e + length * e * e
+    mlp = 2 * length * e * 24
+    expected = 16 * 12 * 3 * 16 + 2 * (attention + mlp) + 12 * 10
+    c = count_complexity(model, (3, 16, 16))
+    assert c.macs == expected
+    assert c.layer_macs["encoder.layers.encoder_layer_0.self_attention"] == attention
+
+
+def test_attention_macs_match_torch_flop_counter():
+    """torch.utils.flop_counter (FLOPs = 2·MACs) on the math attention path, which it sees."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    model = _vit(1).train()  # train mode: the python MHA path (dropout is 0 in this ViT)
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 16, 16))
+    assert count_complexity(model, (3, 16, 16)).macs == counter.get_total_flops() // 2

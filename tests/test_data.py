@@ -426,7 +426,7 @@ def test_tinyimagenet_archive_layout(tmp_path):
 @pytest.mark.parametrize(
     "kw",
     [
-        {"name": "mnist"},
+        {"name": "imagenet1k"},
         {"normalize": "imagenet"},
         {"val_fraction": 1.0},
         {"train_subset": 0},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,25 +23,62 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from gfverify import flow
+from gfverify.claims import dynamics as dyn
 from gfverify.claims import experiment as ex
 from gfverify.claims import select_claims
 from gfverify.claims.dynamics import curve_distance
 from gfverify.claims.problems import CheckContext
 from gfverify.claims.stats import decide, kendall_tau, t_interval
+from gfverify.train import probes
 
 STAT_IDS = ("S1", "S2", "S3", "S4", "S5", "S6", "F1")
 VERDICTS = {"supported", "contradicted", "inconclusive"}
 
-TINY = dict(
-    model="vgg",
-    vgg_cfg=(4, "M", 8, "M"),
-    epochs_after=2,
-    score_samples=100,
-    probe_samples=96,
-    step_records=3,
-    tau_filters=6,
-    train_subset=200,
-)
+#: A tiny claims scale: digits, a two-conv VGG, 2 measures + the control, 3 seeds (9 runs).
+TINY_SCALE = """
+seed = 0
+device = "cpu"
+[data]
+name = "digits"
+augment = false
+val_fraction = 0.0
+fast_path = true
+num_workers = 0
+train_subset = 160
+[model]
+factory = "tests.test_dynamics:tiny_vgg"
+input_size = 8
+[measure]
+samples = 64
+batch_size = 32
+[prune]
+schedule = "one_shot"
+ratio = 0.5
+rounds = 1
+[train]
+epochs = 3
+lrs = [0.1]
+lr_epochs = [3]
+batch_size = 32
+[probe]
+enabled = true
+samples = 96
+steps = 3
+tau_epochs = [0, 1, 3]
+tau_filters = 6
+[sweep]
+"measure.name" = ["magnitude", "loss_preservation"]
+"prune.ratio" = [0.5, 0.0]
+seed = [0, 1, 2]
+"""
+
+
+def tiny_vgg(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 8):
+    from gfverify.models import CifarVGG
+
+    return CifarVGG((4, "M", 8, "M"), num_classes, width_mult, input_size)
+
+
 TINY_F1 = dict(
     widths=(6,),
     samples=48,
@@ -150,7 +188,7 @@ def test_curve_distance():
 # planted effects through each claim (synthetic arms injected into the experiment cache)
 
 SEEDS = tuple(range(6))
-PLANT = ex.ExperimentConfig(model="small_cnn", widths=(4, 4, 4, 4), epochs_after=3, ratio=0.3)
+K_AFTER = 3
 
 
 def _arm(seed, measure, *, auc=1.0, after_loss=1.0, rate_after=1.0, grad_after=1.0,
@@ -158,7 +196,7 @@ def _arm(seed, measure, *, auc=1.0, after_loss=1.0, rate_after=1.0, grad_after=1
     layers = ["l0", "l1", "l2", "l3"]
     before = ex.ProbePoint(loss=0.5, theta_norm_sq=10.0, grad_norm_sq=1.0, norm_rate=1.0)
     after = ex.ProbePoint(after_loss, 8.0, grad_after, rate_after)
-    k = PLANT.epochs_after
+    k = K_AFTER
     return ex.ArmRecord(
         seed=seed,
         measure=measure,
@@ -176,16 +214,16 @@ def _arm(seed, measure, *, auc=1.0, after_loss=1.0, rate_after=1.0, grad_after=1
             "batch_loss": [math.nan, 1.0, 0.9, 0.8],
         },
         epochs={"epoch": [2, 3, 4], "train_loss": [auc] * k, "test_acc": [acc] * k},
-        base_epochs={"train_loss": [1.5]},
+        base_epochs={"epoch": [1], "train_loss": [1.5]},
         seconds=0.0,
+        run_dir=f"/runs/{measure}-{seed}",
     )
 
 
-def _plant(sign: float) -> None:
-    """Fill the cache of PLANT with arms whose effects have the predicted sign (+1) or the
-    opposite (−1), plus per-seed noise."""
-    ex.clear_cache()
-    lab = ex.lab_for(PLANT)
+def _plant(sign: float, monkeypatch) -> None:
+    """Make the claims see one experiment whose arms have effects of the predicted sign (+1)
+    or the opposite (−1), plus per-seed noise."""
+    planted: dict[str, dict[int, ex.ArmRecord]] = {}
     rng = np.random.default_rng(0)
     s = sign
     for seed in SEEDS:
@@ -225,10 +263,10 @@ def _plant(sign: float) -> None:
             arms["magnitude"].steps["theta_norm_sq"] = close(ref_theta, 0.001)
             arms["magnitude"].steps["grad_norm_sq"] = close(ref_grad, 0.001)
         for m, a in arms.items():
-            lab._arms[(seed, m)] = a
+            planted.setdefault(m, {})[seed] = a
         early_tau = (0.6 if s > 0 else -0.3) + e()
         late_tau = (0.2 if s > 0 else 0.4) + e()
-        lab._taus[seed] = {
+        arms["none"].taus = {
             "epoch": [0, 1, 2, 3, 4],
             "tau_taylor_fo": [0.5, early_tau, 0.4, 0.3, late_tau],
             "tau_loss_preservation": [0.0] * 5,
@@ -238,26 +276,28 @@ def _plant(sign: float) -> None:
             "importance": [[0.1, 0.2]] * 5,
             "loss_change": [[0.1, 0.2]] * 5,
         }
+    exp = ex.Experiment("planted", 0.3, planted, {})
+    monkeypatch.setattr(dyn, "_evidence", lambda ctx: ("/runs", [exp], []))
 
 
 @pytest.fixture
 def planted_ctx():
-    yield CheckContext(problems=[], options={"experiment": PLANT, "seeds": list(SEEDS)})
-    ex.clear_cache()
+    return CheckContext(problems=[], options={"runs_dir": "/runs"})
 
 
 @pytest.mark.parametrize("cid", STAT_IDS[:-1])
-def test_planted_effect_is_supported(cid, planted_ctx):
-    _plant(+1)
+def test_planted_effect_is_supported(cid, planted_ctx, monkeypatch):
+    _plant(+1, monkeypatch)
     results = _claim(cid).run(planted_ctx)
     for r in results:
         print(cid, r.case, r.verdict, r.measured, r.details["ci_low"], r.details["ci_high"])
     assert results and all(r.verdict == "supported" for r in results)
+    assert all(r.details["runs"] and r.details["runs"][0].startswith("/runs/") for r in results)
 
 
 @pytest.mark.parametrize("cid", STAT_IDS[:-1])
-def test_reversed_effect_is_contradicted(cid, planted_ctx):
-    _plant(-1)
+def test_reversed_effect_is_contradicted(cid, planted_ctx, monkeypatch):
+    _plant(-1, monkeypatch)
     results = _claim(cid).run(planted_ctx)
     for r in results:
         print(cid, r.case, r.verdict, r.measured, r.details["ci_low"], r.details["ci_high"])
@@ -265,18 +305,26 @@ def test_reversed_effect_is_contradicted(cid, planted_ctx):
 
 
 # --------------------------------------------------------------------------------------------
-# end to end at a tiny size
+# end to end at a tiny size: a scale file trained by the one engine, then evaluated
 
 
 @pytest.fixture(scope="module")
-def tiny_results():
-    ex.clear_cache()
-    ctx = CheckContext(
-        problems=[], scale="quick", options={"experiment": TINY, "seeds": 3, "f1": TINY_F1}
-    )
+def tiny_scale(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "claims_tiny.toml").write_text(TINY_SCALE)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tiny_scale):
+    dyn.clear_cache()
+    runs = tiny_scale / "runs"
+    opts = {"train_scale": "tiny", "scales_dir": tiny_scale, "runs_dir": str(runs),
+            "progress": False, "f1": TINY_F1}  # fmt: skip
+    ctx = CheckContext(problems=[], scale="quick", options=opts)
     out = {cid: _claim(cid).run(ctx) for cid in STAT_IDS}
     yield out
-    ex.clear_cache()
+    dyn.clear_cache()
 
 
 def _lists_in(obj) -> bool:
@@ -296,34 +344,79 @@ def test_claim_runs_end_to_end_and_is_well_formed(cid, tiny_results):
         assert r.passed == (r.verdict == "supported")
         assert r.error is None and r.tolerance is None
         d = r.details
+        if cid in ("S2", "S4", "S5", "S6"):  # their arms are not in the tiny scale
+            assert r.verdict == "inconclusive" and "needs" in d["reason"]
+            continue
         for key in ("effect", "ci_low", "ci_high", "n_seeds", "statistic", "p_value", "test"):
             assert key in d, key
         assert d["n_seeds"] == (3 if cid != "F1" else 2)
         assert r.measured is None or r.measured == d["effect"] or math.isnan(d["effect"])
         assert _lists_in(d["series"]) and "settings" in d
+        if cid != "F1":
+            arms = 1 if cid == "S3" else 2  # S3: the control; S1: magnitude and lp
+            assert len(d["runs"]) == 3 * arms and all(Path(p).is_dir() for p in d["runs"])
         json.dumps(r.to_json(), allow_nan=False)
 
 
-def test_f1_headline_first(tiny_results):
-    results = tiny_results["F1"]
-    assert results[0].details["headline"] and "momentum=0, wd=0" in results[0].case
-    assert len(results) == len(TINY_F1["lrs"]) * len(TINY_F1["variants"])
+def test_runs_dir_alone_gives_the_same_records(tiny_scale, tiny_results):
+    """Evaluating the trained runs directory on its own (``--runs-dir``) reproduces the
+    in-line records exactly (runs are read back, not kept in memory)."""
+    dyn.clear_cache()
+    ctx = CheckContext(problems=[], options={"runs_dir": str(tiny_scale / "runs")})
+    for cid in ("S1", "S3"):
+        again = [r.to_json() for r in _claim(cid).run(ctx)]
+        first = [r.to_json() for r in tiny_results[cid]]
+        for a, b in zip(again, first):
+            a["details"].pop("claim_seconds", None), b["details"].pop("claim_seconds", None)
+            a["details"]["settings"].pop("scale"), b["details"]["settings"].pop("scale")
+        assert json.dumps(again, sort_keys=True) == json.dumps(first, sort_keys=True)
+    dyn.clear_cache()
 
 
-def test_arms_are_reproducible_and_seed_dependent():
-    config = ex.config_with(ex.ExperimentConfig(), TINY)
+def test_arms_of_a_seed_share_init_and_batches(tiny_scale, tiny_results):
+    """Same seed: identical base epoch (same init, same batches) in every arm; the control
+    removed nothing, the pruned arms half the filters; another seed differs."""
+    exps, _ = ex.experiments(ex.runs_in(tiny_scale / "runs"))
+    (e,) = exps
+    mag, lp, none = e.arms["magnitude"], e.arms["loss_preservation"], e.arms["none"]
+    for s in range(3):
+        assert mag[s].base_epochs == lp[s].base_epochs == none[s].base_epochs
+        assert mag[s].before == lp[s].before == none[s].before
+        assert none[s].widths_after == none[s].widths_before
+        assert sum(mag[s].widths_after.values()) == sum(mag[s].widths_before.values()) // 2
+        assert len(mag[s].steps["step"]) == 4 and none[s].taus["epoch"] == [0, 1, 3]
+    assert mag[0].base_epochs["train_loss"] != mag[1].base_epochs["train_loss"]
 
-    def run(seed):
-        ex.clear_cache()
-        rec = ex.lab_for(config).arm(seed, "loss_preservation").to_json()
-        rec.pop("seconds")
-        return rec
 
-    a, b, c = run(0), run(0), run(1)
-    ex.clear_cache()
-    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    assert a["epochs"]["train_loss"] != c["epochs"]["train_loss"]
-    assert a["widths_after"] != a["widths_before"]
+def test_kill_9_and_rerun_finishes_from_the_runs_done(tmp_path):
+    """`gfverify check --scale` killed with SIGKILL after a few runs finished: the rerun
+    skips those (their results untouched) and finishes the rest."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "claims_tiny.toml").write_text(TINY_SCALE.replace("[0, 1, 2]", "[0]"))
+    runs = tmp_path / "runs"
+    env = {**os.environ, "GFVERIFY_SCALES": str(tmp_path), "PYTHONPATH": os.getcwd()}
+    gfv = str(Path(sys.executable).with_name("gfverify"))
+    cmd = [gfv, "check", "--claims", "S1", "--scale", "tiny",
+           "--runs-dir", str(runs), "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(runs.glob("*/result.json")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+    assert 1 <= len(done) < 3, "the kill must land mid-sweep"
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = {p.parent.name: p.stat().st_mtime_ns for p in runs.glob("*/result.json")}
+    assert len(after) == 3
+    assert all(after[k] == v for k, v in done.items())  # finished runs were skipped
+    assert "supported" in out.stdout or "inconclusive" in out.stdout or "contradicted" in out.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,12 +424,12 @@ def test_arms_are_reproducible_and_seed_dependent():
 
 
 def test_batch_statistics_leaves_running_stats_and_flags():
-    config = ex.config_with(ex.ExperimentConfig(), TINY)
-    model = ex.build_net(config, 0).eval()
+    torch.manual_seed(0)
+    model = tiny_vgg().eval()
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     mean, count = bn.running_mean.clone(), int(bn.num_batches_tracked)
     x = torch.randn(16, 3, 8, 8)
-    with ex.batch_statistics(model):
+    with probes.batch_statistics(model):
         assert model.training
         model(x)
     assert not model.training and bn.track_running_stats
@@ -345,30 +438,30 @@ def test_batch_statistics_leaves_running_stats_and_flags():
     import copy
 
     twin = copy.deepcopy(model).train()
-    with ex.batch_statistics(model), torch.no_grad():
+    with probes.batch_statistics(model), torch.no_grad():
         assert torch.allclose(model(x), twin(x))
 
 
 def test_probe_point_and_kept_rate_without_pruning():
-    config = ex.config_with(ex.ExperimentConfig(), TINY)
-    model = ex.build_net(config, 1).double()  # float64: the two sums differ only by rounding
+    torch.manual_seed(1)
+    model = tiny_vgg().double()  # float64: the two sums differ only by rounding
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(32, 3, 8, 8, generator=gen, dtype=torch.float64), torch.arange(32) % 10
     loss = flow.LossSpec("cross_entropy", 5.0)
-    pp = ex.probe_point(model, (x, y), loss)
-    _, g = ex.probe_gradient(model, (x, y), loss)
+    pp = probes.probe_point(model, (x, y), loss)
+    _, g = probes.probe_gradient(model, (x, y), loss)
     theta = {n: p.detach() for n, p in model.named_parameters()}
     ref = -2 * sum(float((theta[n] * g[n]).sum()) for n in theta)
-    assert pp.norm_rate == pytest.approx(ref, rel=1e-6)
-    assert ex.kept_norm_rate(theta, g, {}) == pytest.approx(ref, rel=1e-6)
+    assert pp["norm_rate"] == pytest.approx(ref, rel=1e-6)
+    assert probes.kept_norm_rate(theta, g, {}) == pytest.approx(ref, rel=1e-6)
 
 
 def test_filter_tau_signed_agrees_with_first_order_for_small_filters():
     """At init the signed first-order estimate −θ_fᵀg_f and the true ΔL_f must correlate."""
-    config = ex.config_with(ex.ExperimentConfig(), TINY)
-    model = ex.build_net(config, 2)
+    torch.manual_seed(2)
+    model = tiny_vgg()
     batch = ex.training_batch("digits", 8, 96)
-    out = ex.filter_tau(model, batch, flow.LossSpec("cross_entropy", 5.0))
+    out = probes.filter_tau(model, batch, flow.LossSpec("cross_entropy", 5.0))
     assert out["n_filters"] == 12 and out["tau_signed"] > 0
 
 
@@ -395,69 +488,3 @@ def test_f1_small_lr_tracks_and_unstable_lr_does_not():
     print([(r["rel_err"], r["tau_min"]) for r in small], [r.get("rel_err") for r in large])
     assert all(r["tracks"] for r in small)
     assert not any(r.get("tracks", False) for r in large)
-
-
-# --------------------------------------------------------------------------------------------
-# paper scale
-
-
-@pytest.mark.parametrize("cid", STAT_IDS[:-1])
-def test_paper_scale_without_runs_is_inconclusive_with_reason(cid, tmp_path):
-    for options in ({}, {"runs_dir": str(tmp_path / "missing")}, {"runs_dir": str(tmp_path)}):
-        results = _claim(cid).run(CheckContext(problems=[], scale="paper", options=options))
-        assert results
-        for r in results:
-            assert r.verdict == "inconclusive" and not r.passed
-            assert r.details["reason"]
-            json.dumps(r.to_json())
-
-
-def fake_paper_train(config, run):
-    """A fake train_fn logging what gfverify.train logs, with planted measure effects."""
-    m, seed = config.measure.name, config.seed
-    jitter = 0.01 * ((seed * 7919) % 5)
-    speed = {"magnitude": 0.5, "loss_preservation": 0.8, "grasp": 0.6}.get(m, 0.7)
-    acc = {"grasp": 0.80, "gradient_norm_preservation": 0.90}.get(m, 0.85) + jitter
-    ratio = {"grasp": 9.0, "gradient_norm_preservation": 1.1}.get(m, 2.0)
-    early = {"grasp": 10, "gradient_norm_preservation": 14}.get(m, 12)
-    original = {"features.0": 16, "features.3": 16, "features.7": 32, "features.10": 32}
-    widths = {"features.0": early, "features.3": early, "features.7": 20, "features.10": 20}
-    for e in range(1, config.train.epochs + 1):
-        line = {"epoch": e, "phase": "prune" if e == 1 else "final", "train_acc": 0.5}
-        line["train_loss"] = 2.0 * speed**e + jitter
-        line["test_acc"] = acc
-        line.update(widths=widths, masked={}, theta_sq=10.0, grad_sq=1.0)
-        if e == 1:
-            after = 1.5 if m == "magnitude" else 1.0
-            line.update(prune_grad_sq_before=1.0, prune_grad_sq_after=ratio)
-            line.update(prune_loss_before=0.5, prune_loss_after=after)
-        run.log_epoch(line)
-    run.write_json("history.json", {"original_widths": original, "rounds": []})
-    return {"final_test_acc": acc, "final_train_loss": 0.1}
-
-
-def test_paper_scale_pairs_runs_by_config_and_seed(tmp_path):
-    from gfverify.config import RunConfig, update_config
-    from gfverify.runs import execute
-
-    base = {"train.epochs": 6, "train.lrs": [0.1], "train.lr_epochs": [6], "prune.rounds": 1}
-    measures = ("magnitude", "loss_preservation", "biased_loss_preservation", "grasp",
-                "gradient_norm_preservation")  # fmt: skip
-    for seed in range(4):
-        for m in measures:
-            cfg = update_config(RunConfig(), {**base, "measure.name": m, "seed": seed})
-            execute(cfg, tmp_path, train_fn=fake_paper_train)
-    ctx = CheckContext(
-        problems=[], scale="paper", options={"runs_dir": str(tmp_path), "auc_epochs": 4}
-    )
-    s1 = _claim("S1").run(ctx)
-    s4 = _claim("S4").run(ctx)
-    s5 = _claim("S5").run(ctx)
-    for r in s1 + s4 + s5:
-        print(r.id, r.case, r.verdict, r.measured, r.details.get("n_seeds"))
-        assert r.details["n_seeds"] == 4
-    assert [r.verdict for r in s1] == ["supported", "supported"]
-    assert [r.verdict for r in s5] == ["supported"] * 4
-    assert s4[1].verdict == "supported"  # biased acc = lp acc: within the 1-point margin
-    s6 = _claim("S6").run(ctx)  # no dense runs
-    assert all(r.verdict == "inconclusive" and "dense" in r.details["reason"] for r in s6)

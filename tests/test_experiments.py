@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import defaultdict
@@ -11,7 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from gfverify.config import RunConfig, expand_grid, flatten_config, identity_keys, run_id
+from gfverify.config import (
+    RunConfig,
+    config_to_dict,
+    expand_grid,
+    flatten_config,
+    identity_keys,
+    run_id,
+)
 from gfverify.data import DATASETS
 from gfverify.measures import MEASURES
 from gfverify.models import MODELS, build_model
@@ -24,7 +32,9 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 FILES = sorted(EXPERIMENTS.glob("*.toml"))
-PAPER_FILES = [p for p in FILES if not p.name.startswith("smoke")]
+PAPER_FILES = [p for p in FILES if not p.name.startswith(("smoke", "claims_"))]
+#: Scales of the statistical claims (gfverify.claims.scales): tested by their own rules below.
+SCALE_FILES = [p for p in FILES if p.name.startswith("claims_")]
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "tinyimagenet": 200, "digits": 10, "synthetic": 10}
 PAPER_MODELS = ("vgg13", "mobilenet_v1", "resnet56")
 PAPER_DATA = ("cifar10", "cifar100")
@@ -239,3 +249,38 @@ def test_readme_lists_every_file_with_its_run_counts():
     total = sum(len(grid(p.name)) for p in PAPER_FILES)
     assert f"{total} runs in the table, **{len(seen)} unique**" in text
     assert "estimate" in text.lower()
+
+
+@pytest.mark.parametrize("path", SCALE_FILES, ids=lambda p: p.name)
+def test_claims_scale_has_paired_arms_and_one_control_per_seed(path):
+    """A claims scale (issue 13): per experiment (everything but measure, seed and ratio) and
+    seed, probed one-shot runs of several measures that agree on everything but the measure,
+    and one unpruned control (ratio 0, one-shot). The quick and paper headers' '# Runs: ... = N'
+    counts the runs `gfverify check --scale` trains."""
+    from gfverify.claims import scales
+
+    configs = scales.configs(path)
+    assert all(c.probe.enabled and c.prune.schedule == "one_shot" for c in configs)
+
+    def context(c):
+        d = config_to_dict(c)
+        d.pop("seed"), d.pop("measure"), d["prune"].pop("ratio")
+        return json.dumps(d, sort_keys=True)
+
+    by_ctx: dict[str, list] = {}
+    for c in configs:
+        by_ctx.setdefault(context(c), []).append(c)
+    seeds = {c.seed for c in configs}
+    for group in by_ctx.values():
+        controls = [c for c in group if scales.is_control(c)]
+        pruned = [c for c in group if not scales.is_control(c)]
+        measures = {c.measure.name for c in pruned}
+        assert sorted(c.seed for c in controls) == sorted(seeds)
+        assert len(measures) >= 2 and len(pruned) == len(measures) * len(seeds)
+    header = "\n".join(ln for ln in path.read_text().splitlines() if ln.startswith("#"))
+    stated = re.search(r"^# Runs: .*?= (\d+)", header, re.M)
+    if path.name in ("claims_quick.toml", "claims_paper.toml"):
+        assert stated and int(stated.group(1)) == len(configs)
+    if path.name == "claims_quick.toml":  # what the quick scale ran before the one engine
+        assert len(seeds) == 8 and len(by_ctx) == 1 and len(configs) == 56
+        assert {c.data.name for c in configs} == {"digits"}

@@ -9,8 +9,15 @@ from hypothesis import given, settings
 from torch import nn
 
 from gfverify.errors import ModelError
-from gfverify.groups import coupled_groups, default_example_input, filter_groups
+from gfverify.groups import (
+    analyze,
+    coupled_groups,
+    default_example_input,
+    filter_groups,
+    unprunable,
+)
 from gfverify.models import SmallNetSpec, build_model
+from gfverify.surgery import prune_filters, pruning_reference
 from tests.strategies import small_nets
 from tests.vectors import load
 
@@ -164,31 +171,122 @@ class _Wrap(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "layers, culprit",
+    "layers, skipped, culprit",
     [
         (
-            [nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(2)],
+            [nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2)],
+            "body.0",
             "body.1",
         ),
         (
-            [nn.Conv2d(3, 4, 3), nn.ConvTranspose2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2)],
+            [nn.Conv2d(3, 4, 3), nn.PReLU(4), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.LazyLinear(2)],
+            "body.0",
             "body.1",
+        ),
+        (
+            [nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3, groups=4), nn.Flatten(), nn.LazyLinear(2)],
+            "body.0",
+            "body.1",
+        ),
+    ],
+)
+def test_unprunable_layer_is_left_out_with_a_reason_naming_the_module(layers, skipped, culprit):
+    """A layer whose channels meet a module that cannot be pruned with it is left out (one-line
+    reason naming both), and the rest of the model is still prunable."""
+    model = _Wrap(*layers)
+    x = torch.randn(2, 3, 8, 8)
+    model(x)  # materialise lazy layers
+    reasons = unprunable(model, x)
+    assert skipped in reasons
+    assert f"'{culprit}'" in reasons[skipped] and f"'{skipped}'" in reasons[skipped]
+    assert "\n" not in reasons[skipped]
+    assert skipped not in analyze(model, x).groups
+
+
+@pytest.mark.parametrize(
+    "layers, name, g",
+    [
+        (
+            [nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(2)],
+            "body.0",
+            2,
+        ),
+        (
+            [nn.Conv2d(3, 8, 3), nn.Conv2d(8, 6, 3, groups=2), nn.Flatten(), nn.LazyLinear(2)],
+            "body.0",
+            2,
         ),
         (
             [nn.Conv2d(3, 4, 3), nn.Conv2d(4, 8, 3, groups=4), nn.Flatten(), nn.LazyLinear(2)],
             "body.1",
+            4,
         ),
-        ([nn.Flatten(), nn.Linear(108, 5), nn.LayerNorm(5), nn.Linear(5, 2)], "body.2"),
-        ([nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(2)], "body.1"),
+        ([nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(2)], "body.0", 2),
+        ([nn.Flatten(), nn.Linear(108, 6), nn.LayerNorm(6), nn.Linear(6, 2)], "body.1", 1),
     ],
 )
-def test_unsupported_layer_raises_naming_it(layers, culprit):
-    model = _Wrap(*layers)
-    x = torch.randn(2, 3, 6, 6)
-    model(x)  # materialise lazy layers
-    with pytest.raises(ModelError, match=rf"'{culprit}'") as err:
-        filter_groups(model, x)
-    assert "\n" not in str(err.value)
+def test_grouped_convs_and_norms_are_prunable_in_channel_groups(layers, name, g):
+    """Layers feeding a grouped conv or GroupNorm with G groups (and grouped convs themselves):
+    one filter = G channels at the same position of every group; removing one keeps the model
+    valid, and without a norm over channels (GroupNorm/LayerNorm statistics change when a
+    channel goes) equal to zeroing the channels at the consumers."""
+    norm = any(isinstance(m, nn.GroupNorm | nn.LayerNorm) for m in layers)
+    torch.manual_seed(0)
+    model = _Wrap(*layers).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    model(x)
+    grp = analyze(model, x).groups[name]
+    assert grp.channel_groups == g
+    assert grp.num_filters * g == model.get_submodule(name).weight.shape[0]
+    plan = {name: [0]}
+    with torch.no_grad(), pruning_reference(model, plan, x) as ref:
+        expected = ref(x)
+    prune_filters(model, plan, x)
+    assert model.get_submodule(name).weight.shape[0] == (grp.num_filters - 1) * g
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == expected.shape
+    if not norm:
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+class _ClassToken(nn.Module):
+    """A ViT-like stem: conv patches, a class token concatenated in front, a bare parameter."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 4, 2, stride=2)
+        self.class_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.mlp_in = nn.Linear(4, 6)
+        self.mlp_out = nn.Linear(6, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.class_token.expand(t.shape[0], -1, -1), t], dim=1)
+        t = t + self.mlp_out(torch.relu(self.mlp_in(t)))
+        return self.head(t[:, 0])
+
+
+def test_class_token_is_named_not_a_torch_pruning_op():
+    model = _ClassToken()
+    x = torch.randn(2, 3, 4, 4)
+    reasons = unprunable(model, x)
+    assert "class_token" in reasons["patch"]
+    assert "_ExpandOp" not in reasons["patch"]
+    assert "mlp_in" in filter_groups(model, x)
+
+
+def test_channel_shuffle_is_left_out_not_a_zero_division():
+    """torchvision's shufflenet: its channel shuffles make torch-pruning's index map divide by
+    zero; those layers are left out with a reason, the branch-internal ones stay prunable."""
+    import torchvision
+
+    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    info = analyze(model, x)
+    assert info.skipped and all("\n" not in r for r in info.skipped.values())
+    assert "stage2.0.branch2.0" in info.groups
 
 
 class _BareScale(nn.Module):
@@ -202,9 +300,12 @@ class _BareScale(nn.Module):
         return self.head((self.conv(x) * self.scale).mean((2, 3)))
 
 
-def test_bare_parameter_in_channel_path_raises():
-    with pytest.raises(ModelError, match="'scale'.*'conv'"):
-        filter_groups(_BareScale(), torch.randn(2, 3, 6, 6))
+def test_bare_parameter_in_channel_path_names_it():
+    model = _BareScale()
+    x = torch.randn(2, 3, 6, 6)
+    assert "'conv'" in unprunable(model, x)["conv"] and "scale" in unprunable(model, x)["conv"]
+    with pytest.raises(ModelError, match="no prunable layer.*'scale'|no prunable layer.*scale"):
+        filter_groups(model, x)
 
 
 def test_no_prunable_layer_raises():
@@ -225,3 +326,24 @@ def test_flags_and_statistics_untouched():
     assert model.features[3].weight.requires_grad
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_grouped_filter_is_scored_over_all_its_channels():
+    """Magnitude of filter k of a layer feeding a groups=2 conv: the norm of the union of its
+    channels {k, k + C/2}; l1: the sum over them."""
+    from gfverify.measures import score
+
+    torch.manual_seed(0)
+    model = _Wrap(nn.Conv2d(3, 6, 3), nn.Conv2d(6, 4, 3, groups=2), nn.Flatten(), nn.LazyLinear(2))
+    x = torch.randn(2, 3, 6, 6)
+    model(x)
+    w = model.body[0].weight.detach()
+    b = model.body[0].bias.detach()
+    rows = torch.cat([w.flatten(1), b[:, None]], dim=1)
+    mag = score(model, "magnitude", [(x, torch.tensor([0, 1]))])["body.0"]
+    l1 = score(model, "l1", [(x, torch.tensor([0, 1]))])["body.0"]
+    assert mag.shape == (3,)
+    for k in range(3):
+        union = torch.cat([rows[k], rows[k + 3]])
+        torch.testing.assert_close(mag[k], union.norm(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(l1[k], union.abs().sum(), rtol=1e-6, atol=0)

@@ -3,8 +3,8 @@
 Decisions asserted here:
 
 - Bad input exits non-zero with exactly one stderr line naming the problem. Errors found while
-  reading the config (unknown key, wrong type, out-of-range value, unknown measure) write
-  nothing: no run directory. Errors only found when the run starts (unknown model, missing
+  reading the config (unknown key, wrong type, out-of-range value, unknown measure, unknown
+  model) write nothing: no run directory. Errors only found when the run starts (missing
   dataset) leave a run directory holding exactly config.json, env.json, lock and a complete
   ``failed`` status.json naming the error: no checkpoint, metrics or result, no temporaries.
 - A corrupt or truncated checkpoint is refused by its checksum before loading; the file is left
@@ -151,7 +151,7 @@ BAD = {
     "wrong_type": (['train.epochs="three"'], "train.epochs", False),
     "ratio_range": (["prune.ratio=1.5"], "prune.ratio", False),
     "unknown_measure": (['measure.name="no_such_measure"'], "no_such_measure", False),
-    "unknown_model": (['model.name="no_such_model"'], "no_such_model", True),
+    "unknown_model": (['model.name="no_such_model"'], "no_such_model", False),
     "dataset_missing": (['data.name="cifar10"', 'data.root="{empty}"'], "CIFAR-10", True),
 }
 

@@ -326,19 +326,38 @@ def test_runs_gaps_missing_empty_unfinished_corrupt(tmp_path):
     assert "RuntimeError: boom" in html and 'id="results-table"' in html
 
 
-def test_cli_bad_inputs_warn_one_line_each_and_still_write(tmp_path, capsys):
+def test_cli_unusable_named_inputs_are_one_error_and_nothing_is_overwritten(tmp_path, capsys):
+    """Issue 16 class 2: inputs the user named that cannot be used are an error (exit 2, one
+    line naming each); an existing page is not replaced by one that lost its content."""
     bad = tmp_path / "claims.json"
     bad.write_text(json.dumps({"schema_version": 999, "results": []}))
     (tmp_path / "runs").mkdir()
     out = tmp_path / "r" / "index.html"
-    code = main(["report", "--runs", str(tmp_path / "runs"), "--claims", str(bad), "-o", str(out)])
-    captured = capsys.readouterr()
-    assert code == 0 and out.exists() and captured.out.strip() == str(out)
-    warnings = captured.err.strip().splitlines()
-    assert len(warnings) == 2 and all(w.startswith("gfverify report: warning: ") for w in warnings)
-    assert "schema_version 999" in warnings[0] or "schema_version 999" in warnings[1]
-    html = out.read_text()
-    assert "schema_version 999" in html and "no run directories" in html
+    out.parent.mkdir()
+    out.write_text("<html>the real report</html>")
+    for argv in (
+        ["--runs", str(tmp_path / "runs"), "--claims", str(bad)],
+        ["--claims", str(tmp_path / "typo.json"), "--runs", str(tmp_path / "typo_dir")],
+    ):
+        code = main(["report", *argv, "-o", str(out)])
+        captured = capsys.readouterr()
+        (line,) = captured.err.strip().splitlines()
+        assert code == 2 and line.startswith("gfverify: error: 2 named input(s)")
+        assert captured.out == ""
+        assert out.read_text() == "<html>the real report</html>"
+        assert sorted(p.name for p in out.parent.iterdir()) == ["index.html"]
+    assert "schema_version 999" in line or "typo.json: claims file not found" in line
+    assert "typo_dir: runs directory does not exist" in line
+
+
+def test_report_onto_an_unwritable_path_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    """Issue 16 class 3: ``report -o`` onto a read-only file system: one line, nothing run."""
+    import gfverify.commands.report as rep
+
+    monkeypatch.setattr(rep, "run_quick_claims", lambda *a, **k: pytest.fail("work was done"))
+    code = main(["report", "-o", "/sys/gfverify-no/index.html"])
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and line.startswith("gfverify: error: cannot write report /sys/gfverify-no")
 
 
 def test_main_job_without_arguments(tmp_path, monkeypatch, capsys):
@@ -478,3 +497,108 @@ def test_exit_status_is_zero_when_every_identity_holds_whatever_the_verdicts(tmp
     out = tmp_path / "r" / "index.html"
     assert main(["report", "--claims", str(claims), "-o", str(out)]) == 0
     assert out.exists() and "identity claim(s) failed" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# issue 16 class 11: the report, read by a researcher
+
+
+def _researcher_claims(tmp_path: Path) -> Path:
+    from gfverify.claims.stats import claim_result, decide
+    from tests import report_fixture as fx
+
+    stats = [
+        claim_result(cid, f"{cid} statement", f"{cid} case", decide(vals), f"{cid} predicts > 0")
+        for cid, vals in (
+            ("S2", [0.1, 0.3, 0.2]),
+            ("S5", [1.0, 1.2, 0.9]),
+            ("S6", [-0.1, 0.2, 0.05]),
+        )
+    ]
+    lp = decide([0.01, -0.005, 0.002], rule="noninferiority", margin=0.02)
+    stats.append(claim_result("S4", "S4 statement", "S4 case", lp, ""))
+    results = [
+        *fx.claim_results(),
+        fx.identity("E2", "net-c/all", 2.0, c=5e-3),
+        fx.identity("E3", "net-b/all", 1.8),  # order 1.8: inside the accepted band
+        *stats,
+    ]
+    return fx.write_claims(tmp_path / "claims.json", results)
+
+
+@pytest.fixture(scope="module")
+def researcher_page(tmp_path_factory) -> tuple:
+    from gfverify.report.build import collect
+
+    data = collect([], [_researcher_claims(tmp_path_factory.mktemp("researcher"))])
+    return render_html(data), data
+
+
+def _strokes(svg: str) -> list[str]:
+    return re.findall(r"stroke: ?(#[0-9a-f]{6})", svg)
+
+
+def test_identity_cases_have_distinct_colours_and_labelled_clusters(researcher_page):
+    from gfverify.report.figures import case_colours, identity_convergence
+
+    _, data = researcher_page
+    svg = identity_convergence("E2", data.claims)
+    assert len(set(case_colours(3))) == 3 and len(set(case_colours(25))) == 25
+    cases = [r for r in data.claims if r.id == "E2"]
+    colours = {c for c in _strokes(svg) if c not in ("#000000", "#b0b0b0", "#cccccc")}
+    assert len(colours) >= len(cases), colours  # one colour per case, not per verdict
+    for problem in ("net-a", "net-b", "net-c"):
+        assert f">{problem}<" in svg  # each step-size cluster is named by its problem
+    assert "scaled per problem" in svg
+
+
+def test_the_accepted_order_band_is_drawn(researcher_page):
+    from gfverify.report.figures import identity_convergence
+
+    _, data = researcher_page
+    svg = identity_convergence("E3", data.claims)
+    assert "slope 1.5: lowest order that passes" in svg
+    assert "order 1.80" in svg  # the off-order case names its order by its tolerance bar
+
+
+def test_every_paired_statistical_claim_has_a_figure(researcher_page):
+    html, _ = researcher_page
+    for cid in ("s1", "s2", "s4", "s5", "s6"):
+        assert f'aria-label="fig-{cid}"' in html, cid
+    assert "paired differences per seed" in html
+
+
+def test_statistical_rows_show_their_prediction_not_1(researcher_page):
+    html, data = researcher_page
+    table = html[html.index('id="claims-table"') :]
+    table = table[: table.index("</table>")]
+    s2 = next(r for r in data.claims if r.id == "S2")
+    assert s2.expected == 1.0  # the record's number, which must not be shown as "expected"
+    row = table[table.index("<code>S2</code>") :].split("</tr>")[0]
+    assert "S2 predicts &gt; 0" in row and '<td class="num">1</td>' not in row
+    s4 = table[table.index("<code>S4</code>") :].split("</tr>")[0]
+    assert "effect &gt; −0.02" in s4
+
+
+def test_the_quick_scale_is_marked_indicative_and_torch_is_listed_once(researcher_page):
+    html, data = researcher_page
+    assert "Indicative only:" in html and "quick scale" in html
+    from gfverify.report.build import _merge_local_versions
+
+    merged = _merge_local_versions({"2.14.1": ["run a"], "2.14.1+cu130": ["claims.json"]})
+    assert merged == {"2.14.1+cu130": ["run a", "claims.json"]}
+    assert len(data.environment["torch"]) == 1
+
+
+def test_a_run_resumed_under_other_thread_counts_is_flagged(tmp_path):
+    """Class 6 in the report: such a run is shown with a note, not as if uninterrupted."""
+    from gfverify.report.build import load_run
+    from gfverify.runs import execute, update_env
+    from tests.fake_train import small_config, train_light
+
+    outcome = execute(small_config(), tmp_path, train_fn=train_light)
+    run, gap = load_run(outcome.path)
+    assert run is not None and gap is None
+    update_env(outcome.path, mixed_threads=True, thread_counts=[1, 2])
+    run, gap = load_run(outcome.path)
+    assert run.finished and "different thread counts (1, 2)" in gap.why

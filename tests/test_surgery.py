@@ -472,3 +472,74 @@ def test_masking_the_last_live_channel_over_two_rounds_raises():
     prune_filters(model, {"features.3": torch.tensor([0])}, mode="paper")
     with pytest.raises(ModelError, match="'features.3' without an unmasked channel"):
         prune_filters(model, {"features.3": torch.tensor([1])}, mode="paper")
+
+
+# --------------------------------------------------------------------------- public prune call
+
+
+@pytest.mark.parametrize("mode", ["full", "paper"])
+def test_public_prune_handles_residual_adds(mode):
+    """gfverify.prune.prune on ResNet-56 (small width): coupled layers handled, the pruned
+    model equals its zeroed twin, and the plan removes int(0.3·N) filters or overshoots by
+    less than one coupled group."""
+    from gfverify.measures import score
+    from gfverify.prune import prune
+
+    torch.manual_seed(0)
+    model = build_model("resnet56", 10, 0.25).double().eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    scores = score(model, "magnitude", [(x, torch.arange(4))])
+    from gfverify.prune import plan_pruning
+
+    plan = plan_pruning(model, scores, 0.3, measure="magnitude", example_input=x, mode=mode)
+    biggest = max(len(g) for g in coupled_groups(model, x))
+    assert plan.n_requested == int(0.3 * plan.total)
+    assert plan.n_requested <= plan.n_selected < plan.n_requested + biggest
+    with torch.no_grad(), pruning_reference(model, plan.plan, x, mode) as ref:
+        expected = ref(x)
+    result = prune(model, plan=plan, example_input=x, mode=mode)
+    assert result.record is not None
+    with torch.no_grad():
+        assert_close_f64(model(x), expected)
+
+
+def test_public_prune_on_torchvision_resnet18_shrinks_and_matches_zeroing():
+    import torchvision
+
+    from gfverify.complexity import count_complexity
+    from gfverify.measures import score
+    from gfverify.prune import plan_pruning, prune
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    scores = score(model, "l1", [(x, torch.arange(2))])
+    plan = plan_pruning(model, scores, 0.3, measure="l1", example_input=x)
+    before = count_complexity(model, (3, 32, 32))
+    with torch.no_grad(), pruning_reference(model, plan.plan, x) as ref:
+        expected = ref(x)
+    prune(model, plan=plan, example_input=x)
+    after = count_complexity(model, (3, 32, 32))
+    assert after.macs < before.macs and after.params < before.params
+    with torch.no_grad():
+        assert_close_f64(model(x), expected)
+
+
+def test_public_prune_leaves_out_unprunable_layers_with_reasons():
+    from gfverify.prune import plan_pruning
+
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.PReLU(4),
+        nn.Conv2d(4, 6, 3),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 1),
+        nn.Flatten(),
+        nn.LazyLinear(2),
+    )
+    x = torch.randn(2, 3, 6, 6)
+    model(x)
+    scores = {"0": torch.rand(4), "2": torch.rand(6), "4": torch.rand(5)}
+    plan = plan_pruning(model, scores, 0.5, example_input=x, min_keep=1)
+    assert "'1'" in plan.skipped["0"] and "0" not in plan.plan
+    assert set(plan.plan) <= {"2", "4"} and plan.n_selected == int(0.5 * 11)

@@ -109,7 +109,7 @@ def test_data_normalize_mapping_and_bad_values():
     assert data_spec(tiny()).image_size == 32
     with pytest.raises(ConfigError, match="data.normalize"):
         check_config(tiny(**{"data.normalize": "none"}))
-    with pytest.raises(ConfigError, match="cifar10/cifar100 only"):
+    with pytest.raises(ConfigError, match="needs known channel statistics"):
         check_config(tiny(**{"data.normalize": "dataset"}))
 
 
@@ -188,10 +188,71 @@ def test_count_tied_twice_duplicates_use_up_the_round_budget():
     quirk = dataclasses.replace(_setup("paper"), ties={"a": ("dw",)}, count_tied_twice=True)
     plain = plan_round(scores, _setup("paper"), {"a": 4, "b": 4}, {}, 0, "magnitude")
     twice = plan_round(scores, quirk, {"a": 4, "b": 4}, {}, 0, "magnitude")
-    # 4 to prune; plain ranking: a0, a1, b0, b1. With duplicates: a0, a0', a1, a1' -> a0, a1.
+    # plain: 4 filters to prune: a0, a1, b0, b1. With duplicates the budget counts the 12
+    # ranking entries: int(0.5 · 12) = 6 = a0, a0', a1, a1', b0, b1 (a's floor keeps a3).
     assert {k: v.tolist() for k, v in plain.plan.items()} == {"a": [0, 1], "b": [0, 1]}
-    assert {k: v.tolist() for k, v in twice.plan.items()} == {"a": [0, 1]}
-    assert twice.n_requested == plain.n_requested == 4
+    assert {k: v.tolist() for k, v in twice.plan.items()} == {"a": [0, 1], "b": [0, 1]}
+    assert plain.n_requested == 4 and twice.n_requested == 6 and twice.n_selected == 6
+
+
+def _official_mobilenet_kept(scores, ties, widths0, p_k):
+    """The official VGG/MobileNet round, written out (spec/paper.md §3.4, §3.6, §6 items 11–12):
+    imp_order = each layer's entries, each followed by one duplicate per depthwise layer it
+    feeds; in every entry list the int(0.05·original width) + 1 entries with the highest
+    indices get importance 1e7 (constrain_ratios); n_prune = int(p_k · len(imp_order)); the
+    n_prune lowest entries (ascending sort) are pruned; a layer loses the channels its OWN
+    entries selected (duplicates remove nothing). Returns layer -> kept count."""
+    entries = []  # (importance, list position, layer or None for a duplicate, index)
+    for name, s in scores.items():
+        lists = [name] + [None] * len(ties.get(name, ()))
+        for owner in lists:
+            imp = s.double().clone()
+            floor = int(0.05 * widths0[name]) + 1
+            imp[imp.numel() - floor :] = 1e7
+            for i, v in enumerate(imp.tolist()):
+                entries.append((v, len(entries), owner, i))
+    n_prune = int(p_k * len(entries))
+    pruned = sorted(entries)[:n_prune]
+    kept = {name: s.numel() for name, s in scores.items()}
+    for _, _, owner, _ in pruned:
+        if owner is not None:
+            kept[owner] -= 1
+    return kept, n_prune
+
+
+@pytest.mark.parametrize(
+    ("schedule", "seed"),
+    [(Schedule("official", ratio=0.75, rounds=25), 0), (Schedule("one_shot", ratio=0.5), 1)],
+)
+def test_count_tied_twice_round_matches_the_official_mobilenet_rule(schedule, seed):
+    """Issue 13: with floor='index' and count_tied_twice, the round's budget counts ranking
+    entries (each tied channel twice), so the per-layer kept counts equal the official rule's
+    on the full-width MobileNet-V1 (5,984 filters) with fixed scores."""
+    model = build_model("mobilenet_v1", width_mult=1.0)
+    groups = filter_groups(model, torch.zeros(1, 3, 32, 32))
+    widths = {n: g.num_filters for n, g in groups.items()}
+    ties = depthwise_ties(model, groups)
+    assert sum(widths.values()) == 5984 and ties
+    gen = torch.Generator().manual_seed(seed)
+    scores = {n: torch.rand(w, generator=gen, dtype=torch.float64) for n, w in widths.items()}
+    setup = PruneSetup(
+        mode="paper",
+        protected=frozenset(),
+        coupled=(),
+        original_widths=widths,
+        floor_by="index",
+        schedule=schedule,
+        ties=ties,
+        count_tied_twice=True,
+    )
+    rp = plan_round(scores, setup, widths, {}, 0, "magnitude")
+    want, n_prune = _official_mobilenet_kept(scores, ties, widths, schedule.fractions()[0])
+    got = {n: w - (rp.plan[n].numel() if n in rp.plan else 0) for n, w in widths.items()}
+    assert got == want
+    assert rp.n_requested == n_prune
+    # about half the budget goes to duplicates: far more filters than int(p_k · 5984) / 2
+    removed = sum(widths.values()) - sum(got.values())
+    assert removed > 0.75 * schedule.fractions()[0] * sum(widths.values())
 
 
 def test_depthwise_ties_of_mobilenet_name_one_depthwise_conv_per_feeding_layer():
@@ -475,6 +536,10 @@ lrs = [0.1, 0.01]
 lr_epochs = [4, 4]
 batch_size = 16
 max_batches_per_epoch = 2
+[probe]
+enabled = true
+samples = 32
+steps = 3
 """
 
 
@@ -531,6 +596,41 @@ def test_killed_run_resumes_bit_exactly_and_runs_are_deterministic(tmp_path):
             buf = other["optimizer"]["state"][i]["momentum_buffer"]
             assert torch.equal(s["momentum_buffer"], buf)
         assert a["history"] == other["history"]
-    ma, mb = read_metrics(run_path(config, tmp_path / "a")), read_metrics(path_b)
+    path_a = run_path(config, tmp_path / "a")
+    ma, mb = read_metrics(path_a), read_metrics(path_b)
     assert [m["train_loss"] for m in ma] == [m["train_loss"] for m in mb]
     assert fresh.result["final_test_acc"] == resumed.result["final_test_acc"]
+    # the probes (their state rides in the checkpoint) resume exactly too
+    pa, pb = (json.loads((p / "probes.json").read_text()) for p in (path_a, path_b))
+    assert len(pa["rounds"]) == 2 and len(pa["epochs"]) == 8
+    assert json.dumps(pa, sort_keys=True) == json.dumps(pb, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- probes (issue 13)
+
+
+def test_plain_runs_record_no_probes_and_keep_their_metrics(tmp_path):
+    res = execute(tiny(), tmp_path)
+    assert not (res.path / "probes.json").exists()
+    assert all("theta_sq" in m for m in read_metrics(res.path))
+
+
+def test_one_shot_control_arm_removes_nothing_and_records_probes(tmp_path):
+    """prune.ratio 0 with a one-shot schedule: one round that removes nothing (momentum reset),
+    probed like a pruned arm, with the S3 study at the asked epochs (unpruned runs only)."""
+    changes = {"prune.schedule": "one_shot", "prune.rounds": 1, "probe.enabled": True,
+               "probe.samples": 48, "probe.steps": 2, "probe.tau_epochs": [0, 1],
+               "probe.tau_filters": 5}  # fmt: skip
+    control = execute(tiny(**changes, **{"prune.ratio": 0.0}), tmp_path)
+    pruned = execute(tiny(**changes), tmp_path)
+    pc, pp = (json.loads((r.path / "probes.json").read_text()) for r in (control, pruned))
+    (rc,), (rp,) = pc["rounds"], pp["rounds"]
+    assert rc["epoch"] == rp["epoch"] == 1
+    assert rc["widths_after"] == rc["widths_before"] == rp["widths_before"]
+    assert sum(rp["widths_after"].values()) == sum(rp["widths_before"].values()) // 2
+    assert rc["before"] == rp["before"]  # same init, same batches before the round
+    assert rc["after"] == rc["before"] and rp["after"] != rp["before"]
+    assert len(rc["steps"]["step"]) == 3 and rc["steps"]["batch_loss"][1] > 0
+    assert [t["epoch"] for t in pc["tau"]] == [0, 1] and pc["tau"][0]["n_filters"] == 5
+    assert pp["tau"] == []  # the S3 study studies the unpruned net only
+    assert [m["phase"] for m in read_metrics(control.path)] == ["prune", "final", "final"]

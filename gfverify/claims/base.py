@@ -4,6 +4,13 @@ A claim is a function ``run(context) -> list[ClaimResult]`` registered under a s
 spec/claims.md (E2–E5, H1, L1, L2, T1, T2, G1, M-<name>, I1, P1, P2, S1–S6, F1). Identity claims
 return ``passed`` True/False; statistical claims also carry a verdict (supported, contradicted
 or inconclusive) in ``verdict``.
+
+Two verdicts say a claim did not produce a result, each with its one-line ``details["reason"]``
+and ``passed`` False (they are neither a pass nor a failure of the paper's statement):
+
+- ``error``: the claim raised (:func:`error_record`); ``gfverify check`` goes on and exits 2.
+- ``skipped``: the claim chose not to run (:class:`ClaimSkipped`, e.g. a gradient-flow
+  integration estimated over its time budget); exit status unaffected.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any, Literal
 from gfverify.errors import GfverifyError
 
 ClaimKind = Literal["identity", "statistical"]
-Verdict = Literal["pass", "fail", "supported", "contradicted", "inconclusive"]
+Verdict = Literal["pass", "fail", "supported", "contradicted", "inconclusive", "error", "skipped"]
 
 #: Version of the JSON written by ``gfverify check --json``; the report refuses other versions.
 SCHEMA_VERSION = 1
@@ -60,6 +67,42 @@ def _json_safe(value: Any) -> Any:
         except (ValueError, RuntimeError):
             pass
     return value
+
+
+class ClaimSkipped(Exception):
+    """Raised inside a claim that decides not to run; the message is the one-line reason."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (whitespace collapsed, 300 chars at most)."""
+    text = " ".join(str(exc).split())
+    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def error_record(
+    claim: Claim, exc: BaseException, seconds: float | None = None, case: str = ""
+) -> ClaimResult:
+    """The record of a claim that raised ``exc`` (verdict ``error``) or skipped itself
+    (:class:`ClaimSkipped`, verdict ``skipped``): no numbers, the reason in ``details``."""
+    skipped = isinstance(exc, ClaimSkipped)
+    reason = " ".join(str(exc).split()) if skipped else one_line(exc)
+    details: dict[str, Any] = {"reason": reason}
+    if seconds is not None:
+        details["seconds"] = seconds
+    return ClaimResult(
+        id=claim.id,
+        statement=claim.statement,
+        kind=claim.kind,
+        measured=None,
+        expected=None,
+        error=None,
+        tolerance=None,
+        passed=False,
+        details=details,
+        case=case or ("skipped" if skipped else "error"),
+        verdict="skipped" if skipped else "error",
+    )
 
 
 @dataclass(frozen=True)

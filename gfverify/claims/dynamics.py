@@ -1,18 +1,26 @@
 """Statistical claims S1–S6: the paper's empirical tendencies under real training.
 
-Quick scale (default): the prune-once experiment of :mod:`gfverify.claims.experiment` — a
-six-conv VGG (the official Conv→ReLU→BN block) on the 8×8 digits, trained 1 epoch ("minimally
-trained"), pruned once to ``ratio`` = 50 % of its filters by each measure, then trained 4
-more epochs on identical batches; 8 seeds. Paper scale: finished runs of ``gfverify run`` /
-``sweep`` in ``ctx.options["runs_dir"]`` (:mod:`gfverify.claims.paper_runs`).
+One engine, one evaluator per claim. Every claim reads finished, probed training runs
+(:mod:`gfverify.train`, ``[probe] enabled = true``) grouped into experiments by
+:func:`gfverify.claims.experiment.experiments`: runs paired by everything but the measure and
+the seed, plus the unpruned control arm. Where they come from (:func:`_evidence`):
+``ctx.options["train_scale"]`` (``--scale NAME``) trains the sweep file
+``experiments/claims_NAME.toml`` first (:mod:`gfverify.claims.scales`, resumable) into
+``runs_dir`` (default: a cache folder keyed by the file's content); ``runs_dir`` alone
+(``--runs-dir``) evaluates the runs already there; with neither, ``ctx.scale`` names the scale.
+The quick scale: a six-conv VGG (the official Conv→ReLU→BN block) on the 8×8 digits, trained
+1 epoch ("minimally trained"), pruned once to ``ratio`` = 50 % of its filters by each measure,
+then trained 4 more epochs on identical batches; 8 seeds.
 
 Decision rule, fixed before any outcome was seen and shared by every record here
 (:func:`gfverify.claims.stats.decide`): each seed yields one value d_i oriented so that the
 paper's prediction is E[d] > 0; the 95 % t interval of the mean over seeds decides —
 *supported* if it lies above 0 (non-inferiority: above −margin), *contradicted* if it lies
 below 0 (below −margin), *inconclusive* otherwise. Each claim's docstring names its d_i.
-Records carry the effect (mean d), the interval, n, t, p, a sign-test p, the per-seed values
-and the raw series (lists) behind them.
+Records carry the effect (mean d), the interval, n, t, p, a sign-test p, the per-seed values,
+the raw series (lists) behind them and ``runs``: the run directories used. With several
+experiments in the runs (datasets, models, ratios), each gives its own records, the case
+prefixed by the experiment's label.
 
 Log-ratios are used where a claim compares sizes of changes (S2, S5a, S6): they are
 scale-free, so a seed whose unpruned rate happens to be small cannot dominate the mean.
@@ -21,13 +29,14 @@ scale-free, so a seed whose unpruned rate happens to be small cannot dominate th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from gfverify.claims import paper_runs
+from gfverify.claims import scales
 from gfverify.claims.base import ClaimResult, register
-from gfverify.claims.experiment import ArmRecord, Lab, lab_for, plan_for
+from gfverify.claims.experiment import ArmRecord, Experiment, experiments, runs_in
 from gfverify.claims.problems import CheckContext
 from gfverify.claims.stats import claim_result, decide, inconclusive_result
 
@@ -52,12 +61,66 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
 
 
-def _quick(ctx: CheckContext, measures: Sequence[str]):
-    config, seeds = plan_for(ctx.options)
-    lab = lab_for(config)
-    arms = lab.arms(seeds, measures)
-    settings = {**config.settings(), "seeds": list(seeds), "scale": ctx.scale}
-    return lab, seeds, arms, settings
+_EVIDENCE: dict[tuple, tuple[list[Experiment], list[str]]] = {}
+
+
+def _evidence(ctx: CheckContext) -> tuple[str | None, list[Experiment], list[str]]:
+    """(runs dir, experiments, reasons runs were left out) for ``ctx`` (module docstring)."""
+    opts = dict(ctx.options or {})
+    if not opts.get("train_scale") and not opts.get("runs_dir"):
+        opts["train_scale"] = ctx.scale
+    runs_dir, dirs = scales.runs_for(opts)
+    if runs_dir is None or not Path(runs_dir).is_dir():
+        return runs_dir, [], [f"runs directory {runs_dir} does not exist"]
+    dirs = dirs if dirs is not None else runs_in(runs_dir)
+    key = tuple(str(d) for d in dirs)
+    if key not in _EVIDENCE:
+        _EVIDENCE[key] = experiments(dirs)
+    exps, skipped = _EVIDENCE[key]
+    return runs_dir, exps, skipped
+
+
+def clear_cache() -> None:
+    """Forget the loaded runs (and the scales trained) of this process."""
+    _EVIDENCE.clear()
+    scales._TRAINED.clear()
+
+
+Evaluate = Callable[[str, dict[str, list[ArmRecord]], dict], list[ClaimResult]]
+
+
+def _each_experiment(
+    ctx: CheckContext, cid: str, statement: str, measures: Sequence[str], evaluate: Evaluate
+) -> list[ClaimResult]:
+    """Run ``evaluate(prefix, arms, settings)`` for every experiment that has all of
+    ``measures`` for at least one seed; inconclusive (naming what is missing) if none has."""
+    runs_dir, exps, skipped = _evidence(ctx)
+    out: list[ClaimResult] = []
+    usable = [e for e in exps if e.seeds_with(measures)]
+    for e in usable:
+        seeds, arms = e.select(measures)
+        runs = [a.run_dir for m in measures for a in arms[m]]
+        settings = {
+            **e.settings,
+            "experiment": e.label,
+            "seeds": seeds,
+            "scale": (ctx.options or {}).get("train_scale") or ctx.scale,
+            "runs_dir": runs_dir,
+        }
+        prefix = f"{e.label}: " if len(usable) > 1 else ""
+        for r in evaluate(prefix, arms, settings):
+            r.details["runs"] = runs
+            out.append(r)
+    if not out:
+        have = "; ".join(f"{e.label}: {sorted(e.arms)}" for e in exps) or "no probed runs"
+        reason = (
+            f"{cid} needs, per seed, finished probed runs (probe.enabled = true) of the arms "
+            f"{', '.join(measures)} ('none' = prune.ratio 0, one_shot) in {runs_dir}; found {have}"
+        )
+        if skipped:
+            reason += f"; {len(skipped)} run(s) left out, first: {skipped[0]}"
+        out.append(inconclusive_result(cid, statement, "runs", reason, runs_dir=runs_dir))
+    return out
 
 
 def _col(arms: list[ArmRecord], fn) -> list[float]:
@@ -81,9 +144,10 @@ def check_s1(ctx: CheckContext) -> list[ClaimResult]:
 
     Rule: 95 % paired t interval over seeds, superiority (module docstring).
     """
-    if ctx.scale == "paper":
-        return _paper_s1(ctx)
-    _, _, arms, settings = _quick(ctx, (MAG, LP))
+    return _each_experiment(ctx, "S1", S1, (MAG, LP), _s1)
+
+
+def _s1(prefix: str, arms: dict[str, list[ArmRecord]], settings: dict) -> list[ClaimResult]:
     auc = {m: _col(arms[m], ArmRecord.loss_auc) for m in (MAG, LP)}
     after = {m: _col(arms[m], lambda a: a.after.loss) for m in (MAG, LP)}
     series = {
@@ -100,7 +164,7 @@ def check_s1(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S1",
             S1,
-            "train-loss AUC over k epochs: loss_preservation − magnitude",
+            prefix + "train-loss AUC over k epochs: loss_preservation − magnitude",
             primary,
             "AUC(loss_preservation) − AUC(magnitude) > 0",
             series,
@@ -109,7 +173,7 @@ def check_s1(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S1",
             S1,
-            "corollary: probe loss right after pruning, magnitude − loss_preservation",
+            prefix + "corollary: probe loss right after pruning, magnitude − loss_preservation",
             corollary,
             "L_after(magnitude) − L_after(loss_preservation) > 0",
             series,
@@ -141,11 +205,10 @@ def check_s2(ctx: CheckContext) -> list[ClaimResult]:
     Rule: 95 % paired t interval over seeds, superiority. The fixed-g first-order estimate
     −2Σ_kept θᵀg (unpruned g) is reported beside it.
     """
-    if ctx.scale == "paper":
-        return _paper_needs(
-            ctx, "S2", S2, ["prune_norm_rate_before", "prune_norm_rate_after"], "d‖θ‖²/dt"
-        )
-    _, _, arms, settings = _quick(ctx, (LP, MAG, RAND))
+    return _each_experiment(ctx, "S2", S2, (LP, MAG, RAND), _s2)
+
+
+def _s2(prefix: str, arms: dict[str, list[ArmRecord]], settings: dict) -> list[ClaimResult]:
     rho = {m: _col(arms[m], _rel_rate_change) for m in (LP, MAG, RAND)}
     series = {
         "relative_change": rho,
@@ -160,7 +223,7 @@ def check_s2(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S2",
             S2,
-            "log(min(ρ_magnitude, ρ_random) / ρ_loss_preservation)",
+            prefix + "log(min(ρ_magnitude, ρ_random) / ρ_loss_preservation)",
             decide([_log(b) - _log(lp) for b, lp in zip(best, rho[LP])]),
             "loss_preservation changes d‖θ‖²/dt less than the best competitor",
             series,
@@ -172,7 +235,7 @@ def check_s2(ctx: CheckContext) -> list[ClaimResult]:
             claim_result(
                 "S2",
                 S2,
-                f"log(ρ_{comp} / ρ_loss_preservation)",
+                f"{prefix}log(ρ_{comp} / ρ_loss_preservation)",
                 decide([_log(c) - _log(lp) for c, lp in zip(rho[comp], rho[LP])]),
                 f"loss_preservation changes d‖θ‖²/dt less than {comp}",
                 series,
@@ -203,14 +266,21 @@ def check_s3(ctx: CheckContext) -> list[ClaimResult]:
     reported in the series, with the per-filter (taylor_fo, ΔL_f) pairs at the pruning epoch
     (``importance``, ``loss_change``).
     """
-    if ctx.scale == "paper":
-        return _paper_needs(ctx, "S3", S3, ["tau_taylor_fo"], "per-filter removal effects")
-    config, seeds = plan_for(ctx.options)
-    lab: Lab = lab_for(config)
-    taus = [lab.taus(s) for s in seeds]
-    settings = {**config.settings(), "seeds": list(seeds), "scale": ctx.scale}
+    return _each_experiment(ctx, "S3", S3, (NONE,), _s3)
+
+
+def _s3(prefix: str, arms: dict[str, list[ArmRecord]], settings: dict) -> list[ClaimResult]:
+    control = [a for a in arms[NONE] if a.taus.get("epoch")]
+    if not control:
+        reason = "the control runs recorded no S3 study (probe.tau_epochs is empty)"
+        return [inconclusive_result("S3", S3, prefix + "Kendall τ", reason)]
+    taus = [a.taus for a in control]
     epochs = taus[0]["epoch"]
-    early = epochs.index(config.prune_epoch)
+    prune_epoch = int(control[0].base_epochs["epoch"][-1])
+    if prune_epoch not in epochs or any(t["epoch"] != epochs for t in taus):
+        reason = f"the S3 study must cover the pruning epoch {prune_epoch} in every seed"
+        return [inconclusive_result("S3", S3, prefix + "Kendall τ", reason)]
+    early = epochs.index(prune_epoch)
     tau = [t["tau_taylor_fo"] for t in taus]
     series = {
         "epoch": epochs,
@@ -227,7 +297,7 @@ def check_s3(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S3",
             S3,
-            f"Kendall τ(|θ_fᵀg|, |ΔL_f|) at epoch {epochs[early]}",
+            f"{prefix}Kendall τ(|θ_fᵀg|, |ΔL_f|) at epoch {epochs[early]}",
             decide([t[early] for t in tau], test="one-sample t (scipy.stats.t), 95% CI"),
             "τ > 0 on a minimally trained net",
             series,
@@ -236,7 +306,7 @@ def check_s3(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S3",
             S3,
-            f"τ(epoch {epochs[early]}) − τ(epoch {epochs[-1]})",
+            f"{prefix}τ(epoch {epochs[early]}) − τ(epoch {epochs[-1]})",
             decide([t[early] - t[-1] for t in tau]),
             "the ranking agrees better early than at the end of training",
             series,
@@ -264,9 +334,10 @@ def check_s4(ctx: CheckContext) -> list[ClaimResult]:
     Rule: 95 % paired t interval; supported if its lower end is above −margin, contradicted
     if its upper end is below −margin.
     """
-    if ctx.scale == "paper":
-        return _paper_s4(ctx)
-    _, _, arms, settings = _quick(ctx, (LP, BLP))
+    return _each_experiment(ctx, "S4", S4, (LP, BLP), _s4)
+
+
+def _s4(prefix: str, arms: dict[str, list[ArmRecord]], settings: dict) -> list[ClaimResult]:
     auc = {m: _col(arms[m], ArmRecord.loss_auc) for m in (LP, BLP)}
     acc = {m: _col(arms[m], lambda a: a.epochs["test_acc"][-1]) for m in (LP, BLP)}
     series = {
@@ -281,7 +352,7 @@ def check_s4(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S4",
             S4,
-            "train-loss AUC: loss_preservation − biased (non-inferiority)",
+            prefix + "train-loss AUC: loss_preservation − biased (non-inferiority)",
             decide([lp - b for lp, b in zip(auc[LP], auc[BLP])], "noninferiority", auc_margin),
             f"AUC(lp) − AUC(biased) > −{auc_margin:.4g} (5% of mean AUC(lp))",
             series,
@@ -290,7 +361,7 @@ def check_s4(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S4",
             S4,
-            "final test accuracy: biased − loss_preservation (non-inferiority)",
+            prefix + "final test accuracy: biased − loss_preservation (non-inferiority)",
             decide([b - lp for b, lp in zip(acc[BLP], acc[LP])], "noninferiority", S4_ACC_MARGIN),
             f"acc(biased) − acc(lp) > −{S4_ACC_MARGIN}",
             series,
@@ -325,9 +396,10 @@ def check_s5(ctx: CheckContext) -> list[ClaimResult]:
 
     Rule: 95 % t interval over seeds (one-sample for a1, paired otherwise), superiority.
     """
-    if ctx.scale == "paper":
-        return _paper_s5(ctx)
-    _, _, arms, settings = _quick(ctx, (GRASP, GNP))
+    return _each_experiment(ctx, "S5", S5, (GRASP, GNP), _s5)
+
+
+def _s5(prefix: str, arms: dict[str, list[ArmRecord]], settings: dict) -> list[ClaimResult]:
     logr = {m: _col(arms[m], _grad_log_ratio) for m in (GRASP, GNP)}
     early = {m: _col(arms[m], ArmRecord.early_kept_fraction) for m in (GRASP, GNP)}
     acc = {m: _col(arms[m], lambda a: a.epochs["test_acc"][-1]) for m in (GRASP, GNP)}
@@ -351,7 +423,7 @@ def check_s5(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S5",
             S5,
-            "(a1) log(‖g‖² after / before) under GraSP",
+            prefix + "(a1) log(‖g‖² after / before) under GraSP",
             decide(logr[GRASP], test=one),
             "GraSP raises ‖g‖²: log ratio > 0",
             series,
@@ -360,7 +432,7 @@ def check_s5(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S5",
             S5,
-            "(a2) |log r_grasp| − |log r_gnp|",
+            prefix + "(a2) |log r_grasp| − |log r_gnp|",
             decide([abs(g) - abs(p) for g, p in zip(logr[GRASP], logr[GNP])]),
             "gradient-norm preservation changes ‖g‖² less than GraSP",
             series,
@@ -369,7 +441,7 @@ def check_s5(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S5",
             S5,
-            "(b) early-layer kept fraction: gnp − GraSP",
+            prefix + "(b) early-layer kept fraction: gnp − GraSP",
             decide([p - g for p, g in zip(early[GNP], early[GRASP])]),
             "GraSP keeps a smaller share of the first half of the layers",
             series,
@@ -378,7 +450,7 @@ def check_s5(ctx: CheckContext) -> list[ClaimResult]:
         claim_result(
             "S5",
             S5,
-            "(c) final test accuracy: gnp − GraSP",
+            prefix + "(c) final test accuracy: gnp − GraSP",
             decide([p - g for p, g in zip(acc[GNP], acc[GRASP])]),
             "GraSP ends less accurate",
             series,
@@ -420,10 +492,14 @@ def check_s6(ctx: CheckContext) -> list[ClaimResult]:
     Predicted > 0 (the target measure beats the best competitor). Rule: 95 % paired t
     interval over seeds, superiority.
     """
-    if ctx.scale == "paper":
-        return _paper_s6(ctx)
-    arms_needed = (NONE, LP, GNP, MAG, RAND, GRASP)
-    _, _, arms, settings = _quick(ctx, arms_needed)
+    return _each_experiment(ctx, "S6", S6, S6_ARMS, _s6)
+
+
+S6_ARMS = (NONE, LP, GNP, MAG, RAND, GRASP)
+
+
+def _s6(prefix: str, arms: dict[str, list[ArmRecord]], settings: dict) -> list[ClaimResult]:
+    arms_needed = S6_ARMS
     ref = arms[NONE]
     out = []
     for key, target, comps, label in (
@@ -444,257 +520,11 @@ def check_s6(ctx: CheckContext) -> list[ClaimResult]:
             claim_result(
                 "S6",
                 S6,
-                f"{label}: log(min_c D_c / D_{target})",
+                f"{prefix}{label}: log(min_c D_c / D_{target})",
                 decide([_log(b) - _log(t) for b, t in zip(best, dist[target])]),
                 f"{target} follows the unpruned {label} change most closely",
                 series,
                 settings,
             )
         )
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# paper scale: finished runs
-
-
-def _paper_needs(
-    ctx: CheckContext, cid: str, statement: str, fields: list[str], what: str
-) -> list[ClaimResult]:
-    """Claims whose quantities the training runs do not (yet) record: inconclusive, naming the
-    metrics fields that would make them checkable, unless the runs have them."""
-    ev = paper_runs.load(ctx)
-    if ev.reason:
-        return [inconclusive_result(cid, statement, "paper scale", ev.reason)]
-    have = any(all(f in m for f in fields) for r in ev.runs for m in r.metrics)
-    if have:
-        reason = (
-            f"runs record {', '.join(fields)}, but the paper-scale analysis of {cid} is not "
-            "implemented yet; use the quick scale"
-        )
-    else:
-        reason = (
-            f"{cid} needs {what}; the runs in {ev.runs_dir} record no metrics field "
-            f"{' / '.join(fields)} (train.py logs theta_sq, grad_sq and loss around each round, "
-            "not these); run the quick scale"
-        )
-    return [inconclusive_result(cid, statement, "paper scale", reason, runs_dir=ev.runs_dir)]
-
-
-def _paired_results(
-    ctx: CheckContext,
-    cid: str,
-    statement: str,
-    label: str,
-    measure_a: str,
-    measure_b: str,
-    value,
-    prediction: str,
-    rule: str = "superiority",
-    margin=None,
-) -> list[ClaimResult]:
-    """One record per context: d_i = value(run_a, run_b) over seeds (None = missing)."""
-    ev = paper_runs.load(ctx)
-    if ev.reason:
-        return [inconclusive_result(cid, statement, f"paper scale: {label}", ev.reason)]
-    pairs = paper_runs.paired(
-        ev.runs, paper_runs.by_measure(measure_a), paper_runs.by_measure(measure_b)
-    )
-    if not pairs:
-        reason = (
-            f"no pair of finished runs pruned by {measure_a} and by {measure_b} with the same "
-            f"config and seed in {ev.runs_dir}"
-        )
-        return [inconclusive_result(cid, statement, f"paper scale: {label}", reason)]
-    out = []
-    for key, runs in pairs.items():
-        case = f"{paper_runs.describe_context(key)}: {label}"
-        vals = [value(a, b) for a, b in runs]
-        missing = [a.row.get("seed") for (a, _), v in zip(runs, vals) if v is None]
-        if missing:
-            reason = f"runs of seeds {missing} lack the metrics {label} needs"
-            out.append(inconclusive_result(cid, statement, case, reason))
-            continue
-        m = margin(runs) if callable(margin) else (margin or 0.0)
-        inf = decide(vals, rule, m)  # type: ignore[arg-type]
-        series = {"seeds": [a.row.get("seed") for a, _ in runs], "runs": [a.path for a, _ in runs]}
-        out.append(
-            claim_result(cid, statement, case, inf, prediction, series, {"runs_dir": ev.runs_dir})
-        )
-    return out
-
-
-def _auc(run: paper_runs.Run, k: int) -> float | None:
-    e0 = run.first_prune_epoch()
-    if e0 is None:
-        return None
-    curve = run.series("train_loss", e0 + 1, e0 + k)
-    return float(np.mean(curve)) if curve else None
-
-
-def _auc_epochs(ctx: CheckContext) -> int:
-    return int((ctx.options or {}).get("auc_epochs", 10))
-
-
-def _paper_s1(ctx: CheckContext) -> list[ClaimResult]:
-    k = _auc_epochs(ctx)
-
-    def auc_diff(mag, lp):
-        a, b = _auc(lp, k), _auc(mag, k)
-        return None if a is None or b is None else a - b
-
-    def after_diff(mag, lp):
-        e = mag.first_prune_epoch()
-        lm, ll = mag.line(e) if e else None, lp.line(e) if e else None
-        if not lm or not ll or "prune_loss_after" not in lm or "prune_loss_after" not in ll:
-            return None
-        return float(lm["prune_loss_after"]) - float(ll["prune_loss_after"])
-
-    return _paired_results(
-        ctx, "S1", S1, f"train-loss AUC over {k} epochs after the first round", MAG, LP,
-        auc_diff, "AUC(loss_preservation) − AUC(magnitude) > 0",
-    ) + _paired_results(
-        ctx, "S1", S1, "corollary: loss right after the first round", MAG, LP, after_diff,
-        "L_after(magnitude) − L_after(loss_preservation) > 0",
-    )  # fmt: skip
-
-
-def _final_acc(run: paper_runs.Run) -> float | None:
-    v = run.row.get("final_test_acc")
-    return float(v) if isinstance(v, int | float) else None
-
-
-def _paper_s4(ctx: CheckContext) -> list[ClaimResult]:
-    k = _auc_epochs(ctx)
-
-    def auc_diff(lp, blp):
-        a, b = _auc(lp, k), _auc(blp, k)
-        return None if a is None or b is None else a - b
-
-    def acc_diff(lp, blp):
-        a, b = _final_acc(blp), _final_acc(lp)
-        return None if a is None or b is None else a - b
-
-    def auc_margin(runs):
-        vals = [_auc(lp, k) for lp, _ in runs]
-        return S4_AUC_MARGIN_REL * float(np.mean([v for v in vals if v is not None] or [0.0]))
-
-    return _paired_results(
-        ctx, "S4", S4, f"train-loss AUC over {k} epochs (non-inferiority)", LP, BLP, auc_diff,
-        "AUC(lp) − AUC(biased) > −5% of mean AUC(lp)", "noninferiority", auc_margin,
-    ) + _paired_results(
-        ctx, "S4", S4, "final test accuracy (non-inferiority)", LP, BLP, acc_diff,
-        f"acc(biased) − acc(lp) > −{S4_ACC_MARGIN}", "noninferiority", S4_ACC_MARGIN,
-    )  # fmt: skip
-
-
-def _first_round_log_ratio(run: paper_runs.Run) -> float | None:
-    e = run.first_prune_epoch()
-    line = run.line(e) if e else None
-    if not line or "prune_grad_sq_before" not in line or "prune_grad_sq_after" not in line:
-        return None
-    return _log(float(line["prune_grad_sq_after"])) - _log(float(line["prune_grad_sq_before"]))
-
-
-def _early_kept(run: paper_runs.Run) -> float | None:
-    if not run.history or not run.metrics or "widths" not in run.metrics[-1]:
-        return None
-    original = run.history.get("original_widths") or {}
-    widths = run.metrics[-1]["widths"]
-    masked = run.metrics[-1].get("masked") or {}
-    layers = [n for n in original if n in widths]
-    if not layers:
-        return None
-    early = layers[: max(1, len(layers) // 2)]
-    kept = sum(int(widths[n]) - int(masked.get(n, 0)) for n in early)
-    return kept / sum(int(original[n]) for n in early)
-
-
-def _paper_s5(ctx: CheckContext) -> list[ClaimResult]:
-    def a2(grasp, gnp):
-        a, b = _first_round_log_ratio(grasp), _first_round_log_ratio(gnp)
-        return None if a is None or b is None else abs(a) - abs(b)
-
-    def b(grasp, gnp):
-        x, y = _early_kept(gnp), _early_kept(grasp)
-        return None if x is None or y is None else x - y
-
-    def c(grasp, gnp):
-        x, y = _final_acc(gnp), _final_acc(grasp)
-        return None if x is None or y is None else x - y
-
-    note = "eval-mode BN probe of train.py (see gfverify.claims.experiment on stale BN stats)"
-    return (
-        _paired_results(
-            ctx, "S5", S5, "(a1) log(‖g‖² after/before the first GraSP round)", GRASP, GNP,
-            lambda g, _: _first_round_log_ratio(g), f"log ratio > 0; {note}",
-        )
-        + _paired_results(
-            ctx, "S5", S5, "(a2) |log r_grasp| − |log r_gnp| (first round)", GRASP, GNP, a2,
-            f"gnp changes ‖g‖² less; {note}",
-        )
-        + _paired_results(
-            ctx, "S5", S5, "(b) early-layer kept fraction: gnp − GraSP", GRASP, GNP, b,
-            "GraSP keeps a smaller share of the first half of the layers",
-        )
-        + _paired_results(
-            ctx, "S5", S5, "(c) final test accuracy: gnp − GraSP", GRASP, GNP, c,
-            "GraSP ends less accurate",
-        )
-    )  # fmt: skip
-
-
-def _paper_s6(ctx: CheckContext) -> list[ClaimResult]:
-    """Epoch-level S6 on runs: the change of ‖θ‖² / ‖g‖² over the ``s6_epochs`` (default 3)
-    epochs after the first round, against a dense run (ratio 0) of the same config and seed."""
-    ev = paper_runs.load(ctx)
-    if ev.reason:
-        return [inconclusive_result("S6", S6, "paper scale", ev.reason)]
-    k = int((ctx.options or {}).get("s6_epochs", 3))
-    out = []
-    for key, target, comps, label in (
-        ("theta_sq", LP, S6_THETA_COMPETITORS, "‖θ‖²"),
-        ("grad_sq", GNP, S6_GRAD_COMPETITORS, "‖g‖²"),
-    ):
-        dist: dict[str, dict[tuple, dict[int, float]]] = {}
-        for m in (target, *comps):
-            pairs = paper_runs.paired(
-                ev.runs, paper_runs.by_measure(m), paper_runs.dense, ignore=("prune.",)
-            )
-            for ctx_key, runs in pairs.items():
-                for run, base in runs:
-                    e0 = run.first_prune_epoch()
-                    a = run.series(key, e0, e0 + k) if e0 else None
-                    r = base.series(key, e0, e0 + k) if e0 else None
-                    if a and r:
-                        d = curve_distance(a, r)
-                        dist.setdefault(m, {}).setdefault(ctx_key, {})[int(run.row["seed"])] = d
-        contexts = set(dist.get(target, {}))
-        rows = []
-        for ctx_key in sorted(contexts, key=str):
-            seeds = set(dist[target][ctx_key])
-            for c in comps:
-                seeds &= set(dist.get(c, {}).get(ctx_key, {}))
-            if seeds:
-                vals = [
-                    _log(min(dist[c][ctx_key][s] for c in comps)) - _log(dist[target][ctx_key][s])
-                    for s in sorted(seeds)
-                ]
-                rows.append((ctx_key, vals))
-        if not rows:
-            reason = (
-                f"S6 needs, per config and seed, a dense run (prune.ratio 0) and runs pruned by "
-                f"{target} and by each of {', '.join(comps)} with '{key}' logged per epoch; "
-                f"none complete in {ev.runs_dir}"
-            )
-            out.append(inconclusive_result("S6", S6, f"paper scale: {label}", reason))
-        for ctx_key, vals in rows:
-            case = f"{paper_runs.describe_context(ctx_key)}: {label} over {k} epochs"
-            out.append(
-                claim_result(
-                    "S6", S6, case, decide(vals),
-                    f"{target} follows the dense {label} change most closely",
-                    {}, {"runs_dir": ev.runs_dir},
-                )
-            )  # fmt: skip
     return out

@@ -1,67 +1,51 @@
-"""The controlled experiment behind the statistical claims: train, prune once, keep training.
+"""Arms of the one-shot experiment behind S1–S6, read from probed run directories.
 
-One *seed* fixes the initialisation (``torch.manual_seed(seed)``) and the data order (the
-project's seeded epoch loaders, :func:`gfverify.data.make_loaders`). Per seed:
+There is ONE training engine (:mod:`gfverify.train`): a claims scale is a sweep file
+(:mod:`gfverify.claims.scales`) whose runs record probes (:mod:`gfverify.train.probes`,
+``[probe] enabled = true``). Here a finished run directory becomes an :class:`ArmRecord`
+(the same fields the claims used when a separate in-memory loop produced them), and the runs of
+a runs directory are grouped into *experiments*: runs that agree on every identity config key
+except the measure (``measure.*``), the seed and the pruning ratio; within one experiment and
+pruning ratio the arms of a seed are the pruned runs (one per measure) and the unpruned control
+(``prune.ratio`` 0, one-shot schedule: arm ``"none"``). Arms of one seed therefore share the
+initialisation, the batches and the optimizer reset and differ only by the removed filters.
 
-1. **Base.** Train the unpruned net for ``prune_epoch`` epochs (SGD, lr 0.1, momentum 0.9,
-   weight decay 1e-4, logits / T with T = 5: the official protocol, spec §3.3). θ is
-   snapshotted at every epoch boundary (epoch 0 = initialisation).
-2. **Arms.** From that same state, one arm per measure (plus ``"none"``, no pruning): score
-   the filters (:func:`gfverify.measures.score`, official data rules at a reduced sample
-   count), remove the globally lowest ``int(ratio · N)`` of the N filters with per-layer floors
-   (:func:`gfverify.ranking.plan_from_fraction`, :func:`gfverify.surgery.prune_filters`),
-   re-create the optimizer (momentum reset, as the official code does at every round; the
-   unpruned arm resets too), then train ``epochs_after`` more epochs on the *same* batches
-   in every arm. So the arms of one seed differ only by which filters were removed.
+Per arm (see :mod:`gfverify.train.probes` for the probe loss: train-mode BN batch statistics
+on a fixed probe batch):
 
-**The probe loss.** Dynamics are measured on a fixed *probe* set (the first ``probe_samples``
-training images, unaugmented) as ONE batch whose BatchNorm layers use that batch's own
-statistics (train-mode BN, running statistics untouched; :func:`batch_statistics`), at the
-training temperature, without weight decay:
+- ``before`` / ``after`` the first pruning round: L, ‖θ‖², ‖g‖², D1 = −2θᵀg;
+  ``norm_rate_kept_fixed_g``; ‖g‖² at T = 1 and 200; widths per prunable layer before/after;
+- ``steps``: ‖θ‖², ‖g‖², minibatch loss over the first SGD steps after the round;
+- ``epochs`` / ``base_epochs``: per epoch after / up to the round: mean minibatch train loss
+  and accuracy, test loss and accuracy (eval mode), probe L, ‖θ‖², ‖g‖², D1;
+- ``taus``: the S3 study at the probed epochs (unpruned runs only).
 
-    L(θ) = CE(f_θ(X_probe; BN batch statistics) / T, y_probe),   g = ∇L.
-
-This is the objective SGD actually descends (train-mode BN), and it is a deterministic function
-of θ. Eval-mode BN was rejected after a pilot run: right after pruning, the running statistics
-of the layers behind a pruned layer are stale, and in VGG's Conv→ReLU→BN order they switch most
-ReLUs off, so the eval-mode ‖g‖² of a pruned net collapses by orders of magnitude — a property
-of the stale buffers, not of the dynamics training sees (the measures themselves still score in
-eval mode, the official rule, before pruning, where the buffers are current).
-
-Recorded per arm (all lists, JSON-ready):
-
-- ``before`` / ``after`` the pruning step: L, ‖θ‖², ‖g‖² and D1 = d‖θ‖²/dt = −2θᵀg (E3)
-  over all trainable parameters of the net as it is (``after``: the pruned net with its own,
-  recomputed gradient); ``norm_rate_kept_fixed_g`` = −2 Σ_kept θᵀg with the *unpruned* g
-  (the first-order estimate); ‖g‖² before/after also at T = 1 and T = 200.
-- ``steps``: ‖θ‖², ‖g‖² and the minibatch loss after each of the first ``step_records``
-  SGD steps after pruning (index 0 = right after pruning, before any step).
-- ``epochs``: per epoch after pruning, the mean minibatch training loss and accuracy (train
-  mode, as training curves are drawn), test loss/accuracy (eval mode), probe L, ‖θ‖², ‖g‖².
-- widths per prunable layer before and after, in forward order.
-
-Runs are cached per (config, seed, arm) in this process, so claims sharing arms share work.
+Also here, for F1 (:mod:`gfverify.claims.dynamics_flow`): :func:`torch_threads` and
+:func:`training_batch`.
 """
 
 from __future__ import annotations
 
-import copy
+import json
 import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
-from functools import cached_property
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from gfverify.claims.stats import kendall_tau
-from gfverify.errors import ConfigError, NonFiniteLossError
-from gfverify.flow import Batch, LossSpec
+from gfverify.flow import Batch
+from gfverify.train.probes import (  # noqa: F401 - the probe definitions, re-exported
+    PROBES_FILE,
+    batch_statistics,
+    filter_tau,
+    kept_norm_rate,
+    probe_gradient,
+    probe_loss,
+)
 
 #: Every arm a claim may ask for: "none" is the unpruned control.
 ARMS = (
@@ -73,98 +57,6 @@ ARMS = (
     "gradient_norm_preservation",
     "random",
 )
-
-#: The quick-scale VGG: the official CifarVGG block (Conv→ReLU→BN, no conv bias, max-pools)
-#: with six convs, for 8×8 digits (three pools: 8 → 1).
-VGG6_CFG: tuple[int | str, ...] = (16, 16, "M", 32, 32, "M", 64, 64, "M")
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """Settings of the prune-once experiment (defaults: the ``quick`` scale).
-
-    - ``model``: "vgg" (:class:`gfverify.models.CifarVGG` with ``vgg_cfg``: the official VGG
-      block), "vgg13" (the official VGG-13 at ``width_mult``; needs 32×32) or "small_cnn"
-      (:class:`gfverify.models.SmallCNN` with ``widths``, Conv→BN→ReLU, no pooling).
-    - ``dataset``: a :mod:`gfverify.data` name ("digits": offline, 1440 train / 357 test);
-      ``image_size`` 8 is the digits' native size.
-    - ``prune_epoch``: epochs trained before the one-shot pruning ("minimally trained": 1).
-    - ``ratio``: fraction of all prunable filters removed (global ranking, per-layer floors
-      int(0.05·w) + 1 chosen by ``floor_by``).
-    - ``score_samples``: gradient measures use the first ≥ this many scoring samples, Hg
-      measures int(score_samples / C) per class (official: 2560).
-    - ``probe_samples``: training images of the probe batch (see the module docstring).
-    - ``step_records``: SGD steps after pruning whose ‖θ‖², ‖g‖² are recorded (S6).
-    - ``tau_filters``: filters (seeded random subset) whose true removal effect is measured
-      at each snapshot (S3); ``None`` = all. ``tau_dtype``: precision of that study
-      ("float32": 7× faster than float64 on CPU; τ moved by ≤ 0.025 in a pilot comparison).
-    - ``threads``: torch intra-op threads while the experiment runs (``None``: unchanged).
-    """
-
-    model: str = "vgg"
-    vgg_cfg: tuple[int | str, ...] = VGG6_CFG
-    width_mult: float = 1.0
-    widths: tuple[int, ...] = (16, 32, 32)
-    image_size: int = 8
-    dataset: str = "digits"
-    augment: bool = False
-    train_subset: int | None = None
-    batch_size: int = 32
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    temperature: float = 5.0
-    prune_epoch: int = 1
-    epochs_after: int = 4
-    ratio: float = 0.5
-    floor_by: str = "importance"
-    score_samples: int = 640
-    probe_samples: int = 512
-    step_records: int = 10
-    tau_filters: int | None = 64
-    tau_dtype: str = "float32"
-    threads: int | None = 1
-
-    def __post_init__(self) -> None:
-        if self.model not in ("vgg", "vgg13", "small_cnn"):
-            raise ConfigError(
-                f"experiment model must be 'vgg', 'vgg13' or 'small_cnn', got {self.model!r}"
-            )
-        if not 0.0 < self.ratio < 1.0:
-            raise ConfigError(f"experiment ratio must be in (0, 1), got {self.ratio}")
-        for key in ("prune_epoch", "epochs_after", "batch_size", "score_samples", "probe_samples"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"experiment {key} must be ≥ 1, got {getattr(self, key)}")
-        if self.step_records < 0:
-            raise ConfigError(f"experiment step_records must be ≥ 0, got {self.step_records}")
-        if self.tau_dtype not in ("float32", "float64"):
-            raise ConfigError(f"experiment tau_dtype must be float32/float64, not {self.tau_dtype}")
-
-    def settings(self) -> dict[str, Any]:
-        """The config as a JSON-ready dict (for claim details)."""
-        d = asdict(self)
-        d["vgg_cfg"] = list(self.vgg_cfg)
-        d["widths"] = list(self.widths)
-        return d
-
-
-def config_with(base: ExperimentConfig, overrides: dict[str, Any] | None) -> ExperimentConfig:
-    """``base`` with ``overrides`` applied (unknown keys raise ConfigError naming them)."""
-    if not overrides:
-        return base
-    valid = {f.name for f in fields(ExperimentConfig)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ConfigError(f"unknown experiment setting(s): {', '.join(unknown)}")
-    changes = dict(overrides)
-    for key in ("widths", "vgg_cfg"):
-        if key in changes:
-            changes[key] = tuple(changes[key])
-    return replace(base, **changes)
-
-
-# --------------------------------------------------------------------------------------------
-# records
 
 
 @dataclass
@@ -179,7 +71,7 @@ class ProbePoint:
 
 @dataclass
 class ArmRecord:
-    """Everything one arm of one seed recorded (see the module docstring)."""
+    """Everything one arm (one run) of one seed recorded (see the module docstring)."""
 
     seed: int
     measure: str
@@ -194,6 +86,8 @@ class ArmRecord:
     epochs: dict[str, list[float]]
     base_epochs: dict[str, list[float]]
     seconds: float
+    run_dir: str = ""
+    taus: dict[str, list] = field(default_factory=dict)
 
     def early_kept_fraction(self) -> float:
         """Σ kept / Σ original filters over the first ⌊n/2⌋ prunable layers (at least one)."""
@@ -209,47 +103,172 @@ class ArmRecord:
         return asdict(self)
 
 
+class MissingProbes(ValueError):
+    """A run directory lacks what an arm needs (no probes.json / no pruning round)."""
+
+
+_EPOCH_KEYS = ("train_loss", "train_acc", "test_loss", "test_acc")
+_PROBE_KEYS = {"loss": "probe_loss", "theta_norm_sq": "theta_norm_sq",
+               "grad_norm_sq": "grad_norm_sq", "norm_rate": "norm_rate"}  # fmt: skip
+
+
+def _append(series: dict[str, list], row: dict[str, Any]) -> None:
+    for k, v in row.items():
+        series.setdefault(k, []).append(v)
+
+
+def arm_from_run(path: str | Path) -> ArmRecord:
+    """The :class:`ArmRecord` of a finished, probed run directory (MissingProbes if it is not
+    one: no ``probes.json`` or no pruning round)."""
+    from gfverify.runs import read_metrics
+
+    path = Path(path)
+    probes_path = path / PROBES_FILE
+    if not probes_path.is_file():
+        raise MissingProbes(f"run {path} recorded no probes (probe.enabled = false)")
+    probes = json.loads(probes_path.read_text())
+    if not probes.get("rounds"):
+        raise MissingProbes(f"run {path} has no pruning round")
+    config = json.loads((path / "config.json").read_text())
+    result = json.loads((path / "result.json").read_text())
+    rnd = probes["rounds"][0]
+    e0 = int(rnd["epoch"])
+    per_epoch = {int(p["epoch"]): p for p in probes.get("epochs", [])}
+    base: dict[str, list] = {}
+    after: dict[str, list] = {}
+    for m in read_metrics(path):
+        e = int(m["epoch"])
+        p = per_epoch.get(e, {})
+        row = {"epoch": e, **{k: m.get(k, math.nan) for k in _EPOCH_KEYS}}
+        row.update({v: p.get(k, math.nan) for k, v in _PROBE_KEYS.items()})
+        _append(base if e <= e0 else after, row)
+    taus: dict[str, list] = {}
+    for t in sorted(probes.get("tau", []), key=lambda r: r["epoch"]):
+        _append(taus, t)
+    prune = config.get("prune", {})
+    ratio = float(prune.get("ratio", 0.0))
+    measure = "none" if ratio == 0 else str(config.get("measure", {}).get("name"))
+    return ArmRecord(
+        seed=int(config.get("seed", 0)),
+        measure=measure,
+        before=ProbePoint(**rnd["before"]),
+        after=ProbePoint(**rnd["after"]),
+        norm_rate_kept_fixed_g=float(rnd["norm_rate_kept_fixed_g"]),
+        grad_norm_sq_by_temperature={
+            k: list(v) for k, v in rnd["grad_norm_sq_by_temperature"].items()
+        },
+        layers=list(rnd["layers"]),
+        widths_before={n: int(rnd["widths_before"][n]) for n in rnd["layers"]},
+        widths_after={n: int(rnd["widths_after"][n]) for n in rnd["layers"]},
+        steps={k: list(v) for k, v in rnd["steps"].items()},
+        epochs=after,
+        base_epochs=base,
+        seconds=float(result.get("seconds", math.nan)),
+        run_dir=str(path),
+        taus=taus,
+    )
+
+
 @dataclass
-class _Base:
-    state: dict[str, Tensor]
-    epochs: dict[str, list[float]]
-    snapshots: list[tuple[int, dict[str, Tensor]]]
+class Experiment:
+    """The arms of one experiment and pruning ratio: ``arms[measure][seed]`` (``"none"``:
+    the control), ``label`` a short description, ``settings`` the shared config keys."""
+
+    label: str
+    ratio: float
+    arms: dict[str, dict[int, ArmRecord]]
+    settings: dict[str, Any]
+
+    def seeds_with(self, measures: Sequence[str]) -> list[int]:
+        """Seeds (ascending) that have every arm in ``measures``."""
+        sets = [set(self.arms.get(m, {})) for m in measures]
+        return sorted(set.intersection(*sets)) if sets else []
+
+    def select(self, measures: Sequence[str]) -> tuple[list[int], dict[str, list[ArmRecord]]]:
+        seeds = self.seeds_with(measures)
+        return seeds, {m: [self.arms[m][s] for s in seeds] for m in measures}
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in _flat(v).items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _context(flat: dict[str, Any]) -> tuple:
+    from gfverify.config import identity_keys
+
+    keys = [
+        k
+        for k in identity_keys()
+        if not k.startswith("measure.") and k not in ("seed", "prune.ratio")
+    ]
+    return tuple((k, json.dumps(flat.get(k), sort_keys=True)) for k in keys)
+
+
+def _label(flat: dict[str, Any], ratio: float) -> str:
+    model = flat.get("model.factory") or flat.get("model.name")
+    model = str(model).rsplit(":", 1)[-1]
+    return f"{flat.get('data.name')}/{model}/{flat.get('prune.schedule')}/ratio={ratio:g}"
+
+
+def experiments(run_dirs: Sequence[str | Path]) -> tuple[list[Experiment], list[str]]:
+    """Group finished probed runs into experiments (module docstring); also the reasons why
+    runs were left out. The first run per (experiment, arm, seed) is kept."""
+    from gfverify.runs import is_finished
+
+    groups: dict[tuple, dict[str, Any]] = {}
+    controls: dict[tuple, dict[int, ArmRecord]] = {}
+    skipped: list[str] = []
+    for d in run_dirs:
+        d = Path(d)
+        if not is_finished(d):
+            skipped.append(f"{d}: not finished")
+            continue
+        try:
+            arm = arm_from_run(d)
+        except (MissingProbes, KeyError, OSError, json.JSONDecodeError) as exc:
+            skipped.append(f"{d}: {exc}")
+            continue
+        flat = _flat(json.loads((d / "config.json").read_text()))
+        ctx = _context(flat)
+        if arm.measure == "none":
+            controls.setdefault(ctx, {}).setdefault(arm.seed, arm)
+            continue
+        ratio = float(flat.get("prune.ratio", 0.0))
+        g = groups.setdefault((ctx, ratio), {"flat": flat, "ratio": ratio, "arms": {}})
+        g["arms"].setdefault(arm.measure, {}).setdefault(arm.seed, arm)
+    out = []
+    for (ctx, ratio), g in groups.items():
+        arms = dict(g["arms"])
+        if ctx in controls:
+            arms["none"] = controls[ctx]
+        settings = {k: v for k, v in g["flat"].items() if not k.startswith("measure.")}
+        settings.pop("seed", None)
+        out.append(Experiment(_label(g["flat"], ratio), ratio, arms, settings))
+    for ctx, by_seed in controls.items():
+        if not any(c == ctx for c, _ in groups):  # S3 needs only the control
+            flat = _flat(
+                json.loads((Path(next(iter(by_seed.values())).run_dir) / "config.json").read_text())
+            )
+            settings = {k: v for k, v in flat.items() if not k.startswith("measure.")}
+            out.append(Experiment(_label(flat, 0.0), 0.0, {"none": by_seed}, settings))
+    out.sort(key=lambda e: e.label)
+    return out, skipped
+
+
+def runs_in(runs_dir: str | Path) -> list[Path]:
+    """Every run directory (holding a config.json) directly under ``runs_dir``, sorted."""
+    root = Path(runs_dir)
+    return sorted(p for p in root.iterdir() if (p / "config.json").is_file())
 
 
 # --------------------------------------------------------------------------------------------
-# building blocks
-
-
-def build_net(config: ExperimentConfig, seed: int, num_classes: int = 10) -> nn.Module:
-    """The experiment's net, initialised under ``torch.manual_seed(seed)`` (global RNG kept)."""
-    from gfverify.models import CifarVGG, SmallCNN, build_model
-
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if config.model == "vgg13":
-            return build_model("vgg13", num_classes, config.width_mult, config.image_size)
-        if config.model == "vgg":
-            return CifarVGG(config.vgg_cfg, num_classes, config.width_mult, config.image_size)
-        return SmallCNN(3, config.widths, num_classes, activation="relu", batchnorm=True)
-
-
-@contextmanager
-def batch_statistics(model: nn.Module) -> Iterator[nn.Module]:
-    """Train mode, with every BatchNorm normalising by the batch's own statistics and its
-    running statistics left untouched (``track_running_stats`` off); flags restored after."""
-    modes = {m: m.training for m in model.modules()}
-    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    tracked = {m: m.track_running_stats for m in bns}
-    model.train()
-    for m in bns:
-        m.track_running_stats = False
-    try:
-        yield model
-    finally:
-        for m, flag in tracked.items():
-            m.track_running_stats = flag
-        for m, flag in modes.items():
-            m.training = flag
+# helpers shared with F1
 
 
 @contextmanager
@@ -268,101 +287,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-def _trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def probe_loss(model: nn.Module, probe: Batch, loss: LossSpec) -> float:
-    """L(θ) on the probe batch with batch-statistics BN (no gradient)."""
-    with batch_statistics(model), torch.no_grad():
-        return float(loss(model(probe[0]), probe[1]))
-
-
-def probe_gradient(
-    model: nn.Module, probe: Batch, loss: LossSpec
-) -> tuple[float, dict[str, Tensor]]:
-    """(L, g) on the probe batch with batch-statistics BN; g keyed by parameter name."""
-    params = _trainable(model)
-    with batch_statistics(model), torch.enable_grad():
-        value = loss(model(probe[0]), probe[1])
-        grads = torch.autograd.grad(value, list(params.values()))
-    return float(value.detach()), {n: g.detach() for n, g in zip(params, grads)}
-
-
-def _dot(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
-    return float(sum((a[k].double() * b[k].double()).sum() for k in a))
-
-
-def probe_point(model: nn.Module, probe: Batch, loss: LossSpec) -> ProbePoint:
-    """L, ‖θ‖², ‖g‖², D1 = −2θᵀg on the probe batch (see the module docstring)."""
-    value, g = probe_gradient(model, probe, loss)
-    theta = {n: p.detach() for n, p in _trainable(model).items()}
-    return ProbePoint(
-        loss=value,
-        theta_norm_sq=_dot(theta, theta),
-        grad_norm_sq=_dot(g, g),
-        norm_rate=-2.0 * _dot(theta, g),
-    )
-
-
-def grad_norm_sq(model: nn.Module, probe: Batch, loss: LossSpec) -> float:
-    """‖g‖² of the probe loss."""
-    _, g = probe_gradient(model, probe, loss)
-    return _dot(g, g)
-
-
-def theta_norm_sq(model: nn.Module) -> float:
-    theta = {n: p.detach() for n, p in _trainable(model).items()}
-    return _dot(theta, theta)
-
-
-def evaluate(model: nn.Module, batches: Sequence[Batch], loss: LossSpec) -> tuple[float, float]:
-    """(mean loss, accuracy) in eval mode (the test metric)."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    total, correct, n = 0.0, 0, 0
-    try:
-        with torch.no_grad():
-            for x, y in batches:
-                out = model(x)
-                total += float(loss(out, y)) * len(y)
-                correct += int((out.argmax(1) == y).sum())
-                n += len(y)
-    finally:
-        for m, flag in modes.items():
-            m.training = flag
-    return total / n, correct / n
-
-
-def kept_norm_rate(
-    theta: dict[str, Tensor], g: dict[str, Tensor], kept_index_map: dict[str, Any]
-) -> float:
-    """−2 Σ θᵀg over the coordinates that survive the surgery, θ and g from *before* it.
-
-    ``kept_index_map`` (:func:`gfverify.surgery.prune_filters`) gives, per cut parameter, the
-    surviving positions along each cut dim; parameters absent from it survive whole.
-    """
-    total = 0.0
-    for name, t in theta.items():
-        a, b = t, g[name]
-        ps = kept_index_map.get(name)
-        if ps is not None:
-            for dim, keep in sorted(ps.kept.items()):
-                idx = torch.tensor(keep, dtype=torch.long)
-                a, b = a.index_select(dim, idx), b.index_select(dim, idx)
-        total += float((a.double() * b.double()).sum())
-    return -2.0 * total
-
-
-def _clone_state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def _append(series: dict[str, list[float]], row: dict[str, float]) -> None:
-    for k, v in row.items():
-        series.setdefault(k, []).append(v)
 
 
 _BATCHES: dict[tuple, Batch] = {}
@@ -393,363 +317,3 @@ def training_batch(
         )
         _BATCHES[key] = next(iter(loader.epoch_loader(0)))
     return _BATCHES[key]
-
-
-# --------------------------------------------------------------------------------------------
-# the lab: data, cached base runs and arms
-
-
-class Lab:
-    """Runs (and caches) the experiment of one :class:`ExperimentConfig`."""
-
-    def __init__(self, config: ExperimentConfig) -> None:
-        self.config = config
-        self.loss = LossSpec("cross_entropy", config.temperature)
-        self._bases: dict[int, _Base] = {}
-        self._arms: dict[tuple[int, str], ArmRecord] = {}
-        self._snapshots: dict[int, list[tuple[int, dict[str, Tensor]]]] = {}
-        self._taus: dict[int, dict[str, list]] = {}
-
-    # data ----------------------------------------------------------------------------------
-    @cached_property
-    def datasets(self):
-        from gfverify.data import DataSpec, load_datasets
-
-        c = self.config
-        spec = DataSpec(
-            name=c.dataset,
-            image_size=c.image_size,
-            augment=c.augment,
-            train_subset=c.train_subset,
-        )
-        return load_datasets(spec)
-
-    def loaders(self, seed: int):
-        from gfverify.data import make_loaders
-
-        return make_loaders(self.datasets, self.config.batch_size, seed, fast_path=True)
-
-    @cached_property
-    def probe(self) -> Batch:
-        """The first ``probe_samples`` training images in split order, unaugmented, as one
-        batch."""
-        c = self.config
-        return training_batch(c.dataset, c.image_size, c.probe_samples, c.train_subset)
-
-    @cached_property
-    def test(self) -> list[Batch]:
-        return list(self.loaders(0).test.epoch_loader(0))
-
-    @property
-    def num_classes(self) -> int:
-        return self.datasets.num_classes
-
-    def example(self) -> Tensor:
-        return self.probe[0][:1]
-
-    # training ------------------------------------------------------------------------------
-    def _optimizer(self, model: nn.Module) -> torch.optim.SGD:
-        c = self.config
-        return torch.optim.SGD(
-            model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
-        )
-
-    def _train_epoch(
-        self,
-        model: nn.Module,
-        opt: torch.optim.Optimizer,
-        batches,
-        on_step: Callable[[float], None] | None = None,
-    ) -> tuple[float, float]:
-        """One epoch of SGD in train mode; (mean minibatch loss, minibatch accuracy)."""
-        model.train()
-        total, correct, n = 0.0, 0, 0
-        for x, y in batches:
-            out = model(x)
-            loss = self.loss(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(f"training loss became {value} in the claim experiment")
-            total += value * len(y)
-            correct += int((out.detach().argmax(1) == y).sum())
-            n += len(y)
-            if on_step is not None:
-                on_step(value)
-        return total / n, correct / n
-
-    def _epoch_metrics(self, model: nn.Module, train_loss: float, train_acc: float) -> dict:
-        test_loss, test_acc = evaluate(model, self.test, self.loss)
-        pp = probe_point(model, self.probe, self.loss)
-        return {
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "probe_loss": pp.loss,
-            "theta_norm_sq": pp.theta_norm_sq,
-            "grad_norm_sq": pp.grad_norm_sq,
-            "norm_rate": pp.norm_rate,
-        }
-
-    # base ----------------------------------------------------------------------------------
-    def base(self, seed: int) -> _Base:
-        """The unpruned net after ``prune_epoch`` epochs (cached), with its snapshots."""
-        if seed not in self._bases:
-            c = self.config
-            model = build_net(c, seed, self.num_classes)
-            opt = self._optimizer(model)
-            loaders = self.loaders(seed)
-            snaps = [(0, _clone_state(model))]
-            series: dict[str, list[float]] = {}
-            for e in range(c.prune_epoch):
-                tl, ta = self._train_epoch(model, opt, loaders.train.epoch_loader(e))
-                _append(series, {"epoch": e + 1, **self._epoch_metrics(model, tl, ta)})
-                snaps.append((e + 1, _clone_state(model)))
-            self._bases[seed] = _Base(_clone_state(model), series, snaps)
-        return self._bases[seed]
-
-    def _base_model(self, seed: int) -> nn.Module:
-        model = build_net(self.config, seed, self.num_classes)
-        model.load_state_dict(self.base(seed).state)
-        return model
-
-    # arms ----------------------------------------------------------------------------------
-    def scoring_batches(self, seed: int) -> list[Batch]:
-        """A seeded pass over the training set (the scoring stream), all batches."""
-        return list(self.loaders(seed).scoring.epoch_loader(self.config.prune_epoch))
-
-    def arm(self, seed: int, measure: str) -> ArmRecord:
-        """Prune the base net of ``seed`` by ``measure`` ("none": not at all), keep training."""
-        if measure not in ARMS:
-            raise ConfigError(f"unknown experiment arm {measure!r}; choose from {list(ARMS)}")
-        key = (seed, measure)
-        if key not in self._arms:
-            with torch_threads(self.config.threads):
-                self._arms[key] = self._run_arm(seed, measure)
-        return self._arms[key]
-
-    def arms(self, seeds: Sequence[int], measures: Sequence[str]) -> dict[str, list[ArmRecord]]:
-        """measure -> [arm of each seed], seeds in the given order."""
-        return {m: [self.arm(s, m) for s in seeds] for m in measures}
-
-    def _run_arm(self, seed: int, measure: str) -> ArmRecord:
-        from gfverify.groups import filter_groups
-        from gfverify.measures import score
-        from gfverify.ranking import plan_from_fraction
-        from gfverify.surgery import prune_filters
-
-        started = time.perf_counter()
-        c = self.config
-        model = self._base_model(seed)
-        example = self.example()
-        groups = filter_groups(model, example)
-        layers = list(groups)
-        widths = {n: g.num_filters for n, g in groups.items()}
-        temps = {"1": LossSpec("cross_entropy", 1.0), "200": LossSpec("cross_entropy", 200.0)}
-        by_t = {t: [grad_norm_sq(model, self.probe, spec)] for t, spec in temps.items()}
-        _, g0 = probe_gradient(model, self.probe, self.loss)
-        theta0 = {n: p.detach().clone() for n, p in _trainable(model).items()}
-        before = probe_point(model, self.probe, self.loss)
-        widths_after = dict(widths)
-        if measure == "none":
-            kept_rate = before.norm_rate
-        else:
-            scores = score(
-                model,
-                measure,
-                self.scoring_batches(seed),
-                samples=c.score_samples,
-                train_temperature=c.temperature,
-                seed=seed,
-                compute_batch_size=512,
-                groups=groups,
-            )
-            plan = plan_from_fraction(scores, c.ratio, original_widths=widths, floor_by=c.floor_by)
-            record = prune_filters(model, plan.remove, example_input=example)
-            kept_rate = kept_norm_rate(theta0, g0, record.kept_index_map)
-            widths_after = plan.remaining
-        after = probe_point(model, self.probe, self.loss)
-        for t, spec in temps.items():
-            by_t[t].append(grad_norm_sq(model, self.probe, spec))
-
-        opt = self._optimizer(model)  # momentum reset after pruning (official), in every arm
-        steps: dict[str, list[float]] = {
-            "step": [0],
-            "theta_norm_sq": [after.theta_norm_sq],
-            "grad_norm_sq": [after.grad_norm_sq],
-            "batch_loss": [math.nan],
-        }
-
-        def on_step(value: float) -> None:
-            if len(steps["step"]) <= c.step_records:
-                _append(
-                    steps,
-                    {
-                        "step": len(steps["step"]),
-                        "theta_norm_sq": theta_norm_sq(model),
-                        "grad_norm_sq": grad_norm_sq(model, self.probe, self.loss),
-                        "batch_loss": value,
-                    },
-                )
-
-        loaders = self.loaders(seed)
-        epochs: dict[str, list[float]] = {}
-        snaps: list[tuple[int, dict[str, Tensor]]] = []
-        for e in range(c.epochs_after):
-            epoch = c.prune_epoch + e
-            tl, ta = self._train_epoch(model, opt, loaders.train.epoch_loader(epoch), on_step)
-            _append(epochs, {"epoch": epoch + 1, **self._epoch_metrics(model, tl, ta)})
-            if measure == "none":
-                snaps.append((epoch + 1, _clone_state(model)))
-        if measure == "none":
-            self._snapshots[seed] = self.base(seed).snapshots + snaps
-        return ArmRecord(
-            seed=seed,
-            measure=measure,
-            before=before,
-            after=after,
-            norm_rate_kept_fixed_g=kept_rate,
-            grad_norm_sq_by_temperature=by_t,
-            layers=layers,
-            widths_before=widths,
-            widths_after=widths_after,
-            steps=steps,
-            epochs=epochs,
-            base_epochs=copy.deepcopy(self.base(seed).epochs),
-            seconds=time.perf_counter() - started,
-        )
-
-    # S3: the per-filter removal study ------------------------------------------------------
-    def snapshots(self, seed: int) -> list[tuple[int, dict[str, Tensor]]]:
-        """θ of the unpruned net at epochs 0..prune_epoch + epochs_after."""
-        if seed not in self._snapshots:
-            self._arms.pop((seed, "none"), None)
-            self.arm(seed, "none")
-        return self._snapshots[seed]
-
-    def taus(self, seed: int) -> dict[str, list]:
-        """Per snapshot of the unpruned net: :func:`filter_tau` (cached)."""
-        if seed not in self._taus:
-            snapshots = self.snapshots(seed)
-            out: dict[str, list] = {}
-            with torch_threads(self.config.threads):
-                for epoch, state in snapshots:
-                    model = build_net(self.config, seed, self.num_classes)
-                    model.load_state_dict(state)
-                    row = filter_tau(
-                        model,
-                        self.probe,
-                        self.loss,
-                        self.config.tau_filters,
-                        seed,
-                        getattr(torch, self.config.tau_dtype),
-                    )
-                    _append(out, {"epoch": epoch, **row})
-            self._taus[seed] = out
-        return self._taus[seed]
-
-
-def filter_tau(
-    model: nn.Module,
-    probe: Batch,
-    loss: LossSpec,
-    max_filters: int | None = None,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-) -> dict[str, Any]:
-    """Kendall τ over filters f between first-order scores and the true removal effect.
-
-    In ``dtype`` (float64 by default) on the probe loss (batch-statistics BN): with θ_f the
-    filter's conv/linear weight slice and bias (the coordinates the official measures score),
-
-    - ΔL_f = L(θ with θ_f := 0) − L(θ)  (the true effect of removing f's weights),
-    - taylor_fo(f) = |θ_fᵀg_f|, loss_preservation(f) = Σ_i |θ_f,i g_f,i| (spec §1.3).
-
-    Returns τ(taylor_fo, |ΔL|), τ(loss_preservation, |ΔL|), τ(−θ_fᵀg_f, ΔL) (signed, T1),
-    the probe loss and ‖g‖², the number of filters, and the per-filter lists ``importance``
-    (taylor_fo) and ``loss_change`` (ΔL_f). ``max_filters`` caps the filters
-    studied (a random subset seeded by ``seed``).
-    """
-    from gfverify.groups import filter_groups
-
-    model = copy.deepcopy(model).to(dtype)
-    probe = (probe[0].to(dtype), probe[1])
-    groups = filter_groups(model, probe[0][:1])
-    base_loss, g = probe_gradient(model, probe, loss)
-    params = dict(model.named_parameters())
-    units = [(name, f) for name, grp in groups.items() for f in range(grp.num_filters)]
-    if max_filters is not None and len(units) > max_filters:
-        gen = np.random.default_rng([seed, 0x7A0])
-        pick = sorted(gen.choice(len(units), size=max_filters, replace=False).tolist())
-        units = [units[i] for i in pick]
-    delta, first_order, s_tfo, s_lp = [], [], [], []
-    for name, f in units:
-        grp = groups[name]
-        names = [p for p in (grp.weight, grp.bias) if p is not None]
-        contrib = torch.cat([(params[p][f] * g[p][f]).detach().reshape(-1) for p in names])
-        saved = {p: params[p][f].detach().clone() for p in names}
-        with torch.no_grad():
-            for p in names:
-                params[p][f] = 0.0
-            delta.append(probe_loss(model, probe, loss) - base_loss)
-            for p in names:
-                params[p][f] = saved[p]
-        first_order.append(-float(contrib.sum()))
-        s_tfo.append(abs(float(contrib.sum())))
-        s_lp.append(float(contrib.abs().sum()))
-    abs_delta = [abs(d) for d in delta]
-    return {
-        "tau_taylor_fo": kendall_tau(s_tfo, abs_delta),
-        "tau_loss_preservation": kendall_tau(s_lp, abs_delta),
-        "tau_signed": kendall_tau(first_order, delta),
-        "probe_loss": base_loss,
-        "grad_norm_sq": _dot(g, g),
-        "n_filters": float(len(units)),
-        "importance": s_tfo,
-        "loss_change": delta,
-    }
-
-
-# --------------------------------------------------------------------------------------------
-# process-wide cache
-
-_LABS: dict[ExperimentConfig, Lab] = {}
-
-
-def lab_for(config: ExperimentConfig) -> Lab:
-    """The (cached) :class:`Lab` of ``config``: every claim of one process shares its runs."""
-    if config not in _LABS:
-        _LABS[config] = Lab(config)
-    return _LABS[config]
-
-
-def clear_cache() -> None:
-    """Forget every cached run (tests use it to check reproducibility from scratch)."""
-    _LABS.clear()
-
-
-#: Seeds of the quick scale (override with ctx.options["seeds"]: a count or a list).
-QUICK_SEEDS: tuple[int, ...] = tuple(range(8))
-
-
-def plan_for(options: dict | None) -> tuple[ExperimentConfig, tuple[int, ...]]:
-    """(config, seeds) of the quick-scale experiment from ``ctx.options``.
-
-    ``options["experiment"]``: an :class:`ExperimentConfig` or a dict of overrides of the
-    defaults; ``options["seeds"]``: a count n (seeds 0..n−1) or a list of seeds.
-    """
-    opts = options or {}
-    exp = opts.get("experiment")
-    config = exp if isinstance(exp, ExperimentConfig) else config_with(ExperimentConfig(), exp)
-    seeds = opts.get("seeds", QUICK_SEEDS)
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
-        if seeds < 1:
-            raise ConfigError(f"seeds must be a positive count or a list, got {seeds}")
-        seeds = tuple(range(seeds))
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
-    return config, seeds

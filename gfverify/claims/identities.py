@@ -179,6 +179,7 @@ def _run_identity(identity_id: str) -> Callable[[CheckContext], list[ClaimResult
     def run(ctx: CheckContext) -> list[ClaimResult]:
         out = []
         for problem in ctx.problems:
+            problem.check_flow_budget()  # before θ, g, Hg: skip a net too big to integrate
             subsets = problem.subsets.items() if spec.per_subset else [("all", None)]
             out += [identity_result(problem, spec, n, s) for n, s in subsets]
         return out
@@ -268,6 +269,8 @@ def hvp_agreement(problem: FlowProblem, vector: Params, label: str) -> ClaimResu
 def _h1(ctx: CheckContext) -> list[ClaimResult]:
     out = []
     for problem in ctx.problems:
+        # per vector: 4 exact Hv (3 torch.func methods, double backward) and 4 FD pairs of g
+        problem.require_budget("H1", gradients=2 + 2 * 8, hvs=2 * 4)
         gen = torch.Generator().manual_seed(0)
         theta = problem.state.theta
         random_v = {k: torch.randn(p.shape, generator=gen, dtype=p.dtype) for k, p in theta.items()}

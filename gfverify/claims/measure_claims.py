@@ -40,22 +40,48 @@ def _ce_problems(ctx: CheckContext) -> list[FlowProblem]:
     return [p for p in ctx.problems if p.loss.kind == "cross_entropy"]
 
 
+class SampleMismatch(RuntimeError):
+    """The measure's data rule would select other samples than the flow side uses."""
+
+
+def assert_same_samples(problem: FlowProblem) -> None:
+    """Raise SampleMismatch unless every measure's data rule selects all the problem's samples.
+
+    Gradient measures take the first whole batches until ≥ ``samples`` = N: all of them. Hg
+    measures take the first int(N/C) samples of each class: all of them exactly when every
+    class has N/C samples. Otherwise a measure and the flow would describe different losses
+    and an identity between them could fail although it holds (issue 12).
+    """
+    ys = torch.cat([y for _, y in problem.batches])
+    with torch.no_grad():
+        num_classes = int(problem.model(problem.batches[0][0][:1]).shape[-1])
+    counts = torch.bincount(ys, minlength=num_classes)
+    if len(counts) != num_classes or not bool((counts == len(ys) // num_classes).all()):
+        raise SampleMismatch(
+            f"{problem.name}: class counts {counts.tolist()} are not equal, so the Hg measures "
+            f"would use int({len(ys)}/{num_classes}) per class and the flow all {len(ys)} samples"
+        )
+
+
 def _score_opts(problem: FlowProblem) -> dict:
-    """Measure options that make the measure see exactly the problem's loss and data."""
+    """Measure options that make the measure see exactly the problem's loss and data.
+
+    Checked: :func:`assert_same_samples` (the measure's samples are the problem's)."""
+    assert_same_samples(problem)
     n = sum(len(y) for _, y in problem.batches)
     return {
         "samples": n,
         "train_temperature": problem.loss.temperature,
         "temperature": problem.loss.temperature,
         "hg_temperature": problem.loss.temperature,
+        "loss_scale": problem.loss.scale,
         "compute_batch_size": n,
+        "groups": problem.filter_groups,  # the dependency analysis once per problem, not per call
     }
 
 
 def _groups(problem: FlowProblem) -> dict:
-    from gfverify.groups import filter_groups
-
-    return filter_groups(problem.model, problem.batches[0][0][:2])
+    return problem.filter_groups
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,7 +144,8 @@ def reference_scores(problem: FlowProblem, name: str) -> dict[str, Tensor]:
     params = dict(model.named_parameters())
     num_classes = int(model(batches[0][0][:1]).shape[-1])
     n = sum(len(y) for _, y in batches)
-    g = _autograd_gradient(model, batches, loss)
+    data_free = name in ("magnitude", "l1", "bn_scale")
+    g = {} if data_free else _autograd_gradient(model, batches, loss)
     out: dict[str, Tensor] = {}
     needs_hg = name in ("grasp", "gradient_norm_preservation")
     hg = _official_style_hg(model, batches, loss, num_classes, n // num_classes) if needs_hg else {}
@@ -132,7 +159,8 @@ def reference_scores(problem: FlowProblem, name: str) -> dict[str, Tensor]:
                 cols.append(src[grp.bias].reshape(-1, 1))
             return torch.cat(cols, dim=1).detach()
 
-        W, G = flat(params), flat(g)
+        W = flat(params)
+        G = W if data_free else flat(g)
         if name == "magnitude":
             v = W.pow(2).sum(1).sqrt()
         elif name == "l1":
@@ -180,6 +208,18 @@ def _max_rel(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     return num / max(den, 1e-300)
 
 
+def _formula_cost(problem: FlowProblem, name: str) -> dict[str, float]:
+    """Gradients and Hv products of the measure plus its reference (for the budget)."""
+    needs = measures.MEASURES[name].needs
+    if needs == "none":  # data-free: no gradient on either side
+        return {"gradients": 0}
+    if needs == "hg":  # ours: ḡ + Hg; reference: ḡ, C class gradients, C double backwards
+        return {"gradients": 3, "hvs": 3}
+    if needs == "grad_sq":
+        return {"gradients": 2 * len(problem.batches) + 1}
+    return {"gradients": 2}
+
+
 def _formula_claim(name: str) -> Callable[[CheckContext], list[ClaimResult]]:
     def run(ctx: CheckContext) -> list[ClaimResult]:
         out = []
@@ -187,6 +227,7 @@ def _formula_claim(name: str) -> Callable[[CheckContext], list[ClaimResult]]:
             groups = _groups(problem)
             if name in ("bn_fisher", "bn_scale") and any(g.bn is None for g in groups.values()):
                 continue
+            problem.require_budget(f"M-{name}", **_formula_cost(problem, name))
             mine = measures.score(problem.model, name, problem.batches, **_score_opts(problem))
             ref = reference_scores(problem, name)
             err = _max_rel(mine, ref)
@@ -226,7 +267,7 @@ for _name in FORMULA_CHECKED:
 def _filter_subsets(problem: FlowProblem, max_filters: int = 3) -> list[tuple[str, Any, int]]:
     """(layer, group, filter index) for the first filters of every layer."""
     out = []
-    for lname, group in _groups(problem).items():
+    for lname, group in problem.case_groups.items():
         for f in range(min(group.num_filters, max_filters)):
             out.append((lname, group, f))
     return out
@@ -260,6 +301,7 @@ def _flow_link(
     def run(ctx: CheckContext) -> list[ClaimResult]:
         out = []
         for problem in _ce_problems(ctx):
+            problem.check_flow_budget()  # before anything else: skip a net too big
             scores = measures.score(problem.model, measure, problem.batches, **_score_opts(problem))
             for lname, group, f in _filter_subsets(problem):
                 subset = filter_mask(problem, group, f)
@@ -361,7 +403,12 @@ def _taylor_claim(claim_id: str, which: str, statement: str):
     def run(ctx: CheckContext) -> list[ClaimResult]:
         out = []
         for problem in _ce_problems(ctx):
-            for lname, group, f in _filter_subsets(problem, max_filters=2):
+            # a user model (max_layers set): one filter per visited layer, else two
+            cases = _filter_subsets(problem, max_filters=1 if problem.max_layers else 2)
+            # T1: ~8 levels of L (a forward ≈ ⅓ gradient); T2: ~8 levels of ‖g‖² per case
+            per_case = 8 if which == "grad_norm" else 3
+            problem.require_budget(claim_id, gradients=per_case * len(cases) + 1, hvs=1)
+            for lname, group, f in cases:
                 study, full, slope = taylor_study(problem, group, f, which)
                 r = _study_result(claim_id, statement, study, problem, f"{lname}[{f}]")
                 r.details.update(
@@ -391,6 +438,19 @@ register("T2", "removing s·θ_f changes ‖g‖² by −2s·θ_fᵀHg + O(s²)"
 # G1: GraSP's sign convention
 
 
+#: G1 on a problem with ``max_layers`` set (a user model) compares this many filters per layer.
+G1_USER_FILTERS = 6
+
+
+def _g1_filters(num_filters: int, max_layers: int | None) -> list[int]:
+    """Every filter, or (``max_layers`` set, more than 8 filters) ``G1_USER_FILTERS`` spread
+    evenly over the layer."""
+    if max_layers is None or num_filters <= max(G1_USER_FILTERS, 8):
+        return list(range(num_filters))
+    k = G1_USER_FILTERS
+    return sorted({round(i * (num_filters - 1) / (k - 1)) for i in range(k)})
+
+
 @register(
     "G1", "the filter with the lowest θ_fᵀHg raises ‖g‖² most at first order", group="measures"
 )
@@ -403,23 +463,30 @@ def _g1(ctx: CheckContext) -> list[ClaimResult]:
 
     out = []
     for problem in _ce_problems(ctx):
+        rises = sum(
+            len(_g1_filters(g.num_filters, problem.max_layers))
+            for g in problem.case_groups.values()
+            if g.num_filters >= 2
+        )
+        problem.require_budget("G1", gradients=2 * rises + 2, hvs=2)
         scores = measures.score(problem.model, "grasp", problem.batches, **_score_opts(problem))
         st = problem.state
-        for lname, group in _groups(problem).items():
+        for lname, group in problem.case_groups.items():
             if group.num_filters < 2:
                 continue
+            filters = _g1_filters(group.num_filters, problem.max_layers)
 
             def gnorm(p: Params, pr: FlowProblem = problem) -> float:
                 g = flow.gradient(pr.model, pr.batches, pr.loss, p)
                 return float(flow.restrict(g).pow(2).sum())
 
             h = 1e-4
-            masks = [filter_mask(problem, group, f) for f in range(group.num_filters)]
+            masks = [filter_mask(problem, group, f) for f in filters]
             rise = [
                 (gnorm(_removed(st.theta, m, h)) - gnorm(_removed(st.theta, m, -h))) / (2 * h)
                 for m in masks
             ]
-            sc = scores[lname].tolist()
+            sc = [float(scores[lname][f]) for f in filters]
             lowest = min(range(len(sc)), key=sc.__getitem__)
             steepest = max(range(len(rise)), key=rise.__getitem__)
             tau = float(kendalltau(sc, rise).statistic)
@@ -436,6 +503,7 @@ def _g1(ctx: CheckContext) -> list[ClaimResult]:
                     details={
                         "problem": problem.name,
                         "layer": lname,
+                        "filters": filters,
                         "grasp": sc,
                         "d_gnorm_ds": rise,
                         "kendall_tau": tau,
@@ -465,6 +533,8 @@ def _i1(ctx: CheckContext) -> list[ClaimResult]:
     out = []
     for problem in _ce_problems(ctx):
         opts = _score_opts(problem)
+        # twice each: 3 one-gradient measures, 2 Hg measures (ḡ + Hg), fisher (per batch)
+        problem.require_budget("I1", gradients=2 * (3 + 2 + len(problem.batches)), hvs=4)
         for name in (
             "loss_preservation",
             "taylor_fo",
@@ -474,7 +544,8 @@ def _i1(ctx: CheckContext) -> list[ClaimResult]:
             "fisher",
         ):
             base = measures.score(problem.model, name, problem.batches, **opts)
-            scaled = measures.score(problem.model, name, problem.batches, loss_scale=7.5, **opts)
+            scaled_opts = {**opts, "loss_scale": 7.5 * opts["loss_scale"]}
+            scaled = measures.score(problem.model, name, problem.batches, **scaled_opts)
             ok = _same_ranking(base, scaled)
             out.append(_invariance(problem, f"{name}: loss × 7.5", ok))
         other = [(torch.randn_like(x), y) for x, y in problem.batches]

@@ -2,11 +2,26 @@
 
 ``builtin_problems()`` are the small smooth nets ``gfverify check`` uses; ``user_problem()``
 wraps any ``nn.Module`` factory with random data of a given shape.
+
+Same samples everywhere: the Hg measures (GraSP, gradient-norm preservation) use the first
+int(N/C) samples of each class, the gradient measures and the flow use all N. A
+cross-entropy problem is therefore class-balanced on construction (:func:`balance_classes`):
+every class has the same count m and N = m·C, so both rules select every sample and each side
+of an identity describes the same L. ``user_problem`` draws N rounded up to a multiple of C.
+
+Budget: a problem may carry ``budget_s`` (``gfverify check --model``: ``--budget``). Before an
+expensive step (the gradient-flow integrations of E2–E5, L1, L2; H1; the Hg measures; T2; G1;
+I1) a claim calls :meth:`FlowProblem.require_budget` with its count of gradients and Hv
+products; the estimate (counts × the timed seconds of one of each) is printed, and over the
+budget the claim raises :class:`~gfverify.claims.base.ClaimSkipped` instead of starting. A
+running integration also stops at ``FLOW_HARD_STOP`` × max(budget, estimate).
 """
 
 from __future__ import annotations
 
 import copy
+import sys
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -15,8 +30,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from gfverify import flow
+from gfverify.claims.base import ClaimSkipped
 from gfverify.claims.numerics import geometric_ladder
-from gfverify.errors import ModelError
+from gfverify.errors import DataError, ModelError
 from gfverify.flow import Batch, FlowState, LossSpec, Params, Subset
 from gfverify.models.small import SmallNetSpec
 
@@ -34,12 +50,134 @@ class FlowProblem:
     h0_factor: float = 0.2
     integrator: flow.IntegratorSettings = field(default_factory=flow.IntegratorSettings)
     kinked: bool = False
+    #: Seconds one claim's expensive steps may take (estimated first); None: no limit.
+    budget_s: float | None = None
+    #: Per-layer claims look at this many layers at most (evenly spread); None: every layer.
+    max_layers: int | None = None
+    #: Samples dropped by :func:`balance_classes` to make every class count equal.
+    dropped_samples: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         self.model = self.model.double().eval()
         self.batches = [(x.double(), y) for x, y in self.batches]
+        if self.loss.kind == "cross_entropy" and self.batches:
+            with torch.no_grad():
+                num_classes = int(self.model(self.batches[0][0][:1]).shape[-1])
+            self.batches, self.dropped_samples = balance_classes(self.batches, num_classes)
         if not self.subsets:
             self.subsets = default_subsets(flow.trainable_params(self.model))
+
+    @cached_property
+    def filter_groups(self) -> dict:
+        """The prunable filter groups (:func:`gfverify.groups.filter_groups`), computed once."""
+        from gfverify.groups import filter_groups
+
+        return filter_groups(self.model, self.batches[0][0][:2])
+
+    @cached_property
+    def case_groups(self) -> dict:
+        """The groups per-layer claims visit: all, or ``max_layers`` spread first to last."""
+        names = list(self.filter_groups)
+        k = self.max_layers
+        if k is None or len(names) <= k:
+            return dict(self.filter_groups)
+        picks = sorted({round(i * (len(names) - 1) / max(k - 1, 1)) for i in range(k)})
+        return {names[i]: self.filter_groups[names[i]] for i in picks}
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(y) for _, y in self.batches)
+
+    @cached_property
+    def gradient_seconds(self) -> float:
+        """Seconds of one dataset gradient as the integrator computes it (min of wall, CPU).
+
+        A slow first call (≥ 0.5 s: a big model) is timed once more and the faster of the two
+        kept; a fast one gets 2 warm-up calls and the fastest of 3 timed calls (first calls pay
+        one-off costs, ~50× on a tiny net). Cheap next to what it gates."""
+        merged = flow.rebatch(self.batches, 4096)
+
+        def timed() -> float:
+            wall, cpu = time.perf_counter(), time.process_time()
+            flow.gradient(self.model, merged, self.loss)
+            # the smaller of wall and process-CPU seconds: on a machine shared with other jobs
+            # wall time measures their load (×170 seen on a 2-core box at load 9), not the model
+            return min(time.perf_counter() - wall, time.process_time() - cpu)
+
+        first = timed()
+        if first >= 0.5:
+            return min(first, timed())
+        timed()
+        return min(timed() for _ in range(3))
+
+    def estimate_seconds(self, gradients: float = 0.0, hvs: float = 0.0) -> float:
+        """Estimated seconds of ``gradients`` dataset gradients and ``hvs`` Hv products
+        (one Hv ≈ ``HV_OVER_GRADIENT`` gradients)."""
+        return (gradients + HV_OVER_GRADIENT * hvs) * self.gradient_seconds
+
+    def require_budget(self, what: str, gradients: float = 0.0, hvs: float = 0.0) -> None:
+        """Before an expensive step: print its estimate (≥ 1 s) and raise ClaimSkipped when it
+        exceeds ``budget_s``. No-op without a budget (the built-in problems)."""
+        if self.budget_s is None:
+            return
+        seconds = self.estimate_seconds(gradients, hvs)
+        params = sum(p.numel() for p in flow.trainable_params(self.model).values())
+        cost = f"~{gradients:.0f} gradients"
+        if hvs:
+            cost += f" + ~{hvs:.0f} Hv (x{HV_OVER_GRADIENT:g} each)"
+        cost += f" x {self.gradient_seconds:.3g} s"
+        msg = (
+            f"{what} on {self.name} ({params:,} parameters, {self.num_samples} samples): "
+            f"{cost} = ~{seconds:.0f} s estimated"
+        )
+        if seconds > self.budget_s:
+            raise ClaimSkipped(
+                f"{msg}, over the per-claim budget of {self.budget_s:g} s; "
+                f"pass --budget {max(1, 2 * round(seconds))} to run it"
+            )
+        if seconds >= 1:
+            print(f"gfverify: {msg} (budget {self.budget_s:g} s)", file=sys.stderr)
+
+    def check_flow_budget(self) -> float | None:
+        """The flow integrations' budget check (call it before anything else in a flow claim);
+        returns the hard-stop deadline (``time.perf_counter`` seconds) or None (no budget)."""
+        if self.budget_s is None:
+            return None
+        evals = 2 * self.levels * FLOW_EVALS_PER_INTEGRATION
+        self.require_budget("gradient-flow integration", gradients=evals)
+        seconds = self.estimate_seconds(evals)
+        return time.perf_counter() + FLOW_HARD_STOP * max(self.budget_s, seconds)
+
+    def _integrate(self, t: float, deadline: float | None) -> Params:
+        """θ(t) as :func:`gfverify.flow.integrate_flow`, stopping at ``deadline`` (perf_counter)."""
+        if deadline is None:
+            return flow.integrate_flow(
+                self.model, self.batches, self.loss, t, self.state.theta, self.integrator
+            )
+        from scipy.integrate import solve_ivp
+
+        theta = self.state.theta
+        merged = flow.rebatch(self.batches, 4096)
+        calls = [0]
+
+        def rhs(_: float, y):
+            if time.perf_counter() > deadline:
+                raise ClaimSkipped(
+                    f"gradient-flow integration of {self.name} stopped at the hard limit "
+                    f"({FLOW_HARD_STOP:g} x budget) after {calls[0]} gradients; raise --budget"
+                )
+            calls[0] += 1
+            return -flow.flatten(
+                flow.gradient(self.model, merged, self.loss, flow.unflatten(y, theta))
+            )
+
+        s = self.integrator
+        sol = solve_ivp(
+            rhs, (0.0, t), flow.flatten(theta), method=s.method, rtol=s.rtol, atol=s.atol
+        )
+        if not sol.success:
+            raise RuntimeError(f"gradient-flow integration failed: {sol.message}")
+        return flow.unflatten(sol.y[:, -1], theta)
 
     @cached_property
     def state(self) -> FlowState:
@@ -54,10 +192,8 @@ class FlowProblem:
     @cached_property
     def points(self) -> list[tuple[Params, Params]]:
         """θ(+h) and θ(−h) for every step, each by its own integration from θ(0)."""
-        run = lambda t: flow.integrate_flow(  # noqa: E731
-            self.model, self.batches, self.loss, t, self.state.theta, self.integrator
-        )
-        return [(run(h), run(-h)) for h in self.steps]
+        deadline = self.check_flow_budget()
+        return [(self._integrate(h, deadline), self._integrate(-h, deadline)) for h in self.steps]
 
     @cached_property
     def gradients(self) -> list[tuple[Params, Params]]:
@@ -93,6 +229,51 @@ class FlowProblem:
         """Estimated global integration error in θ: 10 · rtol · ‖θ‖ (+ atol)."""
         theta = flow.restrict(self.state.theta)
         return 10 * (self.integrator.rtol * float(theta.norm()) + self.integrator.atol)
+
+
+#: Gradient evaluations one DOP853 integration of :attr:`FlowProblem.points` takes, for the
+#: estimate printed before it starts (measured: 65 on the issue-12 net, 29–49 on the built-in
+#: nets; h₀ = 0.2·τ is in the flow's own time unit, so the count hardly depends on the net).
+FLOW_EVALS_PER_INTEGRATION = 80
+#: One Hessian-vector product costs about this many gradients in the budget estimates
+#: (resnet18, float64, 20 samples: 2.6 on an idle 2-core machine; up to ~3.5 at 32x32 under load).
+HV_OVER_GRADIENT = 3.0
+#: A running integration stops at this multiple of max(budget, estimate).
+FLOW_HARD_STOP = 3.0
+
+
+def balance_classes(batches: list[Batch], num_classes: int) -> tuple[list[Batch], int]:
+    """The first m samples of every class in data order, m = the smallest class count.
+
+    Keeps the samples' order and the first batch's size. With equal counts every rule of
+    :mod:`gfverify.measures` (all samples for gradients, int(N/C) per class for Hg) selects all
+    N = m·C samples, so the measures and the flow see the same data. Returns the batches and
+    how many samples were dropped (0 when already balanced). DataError when a class has none.
+    """
+    ys = torch.cat([y for _, y in batches])
+    if ys.is_floating_point() or ys.dim() != 1:
+        return batches, 0
+    counts = torch.bincount(ys, minlength=num_classes)
+    m = int(counts.min())
+    if m == 0:
+        missing = int((counts == 0).nonzero()[0])
+        raise DataError(
+            f"class {missing} has no sample among {len(ys)}: every class needs at least one "
+            f"(use at least {num_classes} samples)"
+        )
+    if bool((counts == m).all()):
+        return batches, 0
+    xs = torch.cat([x for x, _ in batches])
+    rank = torch.zeros_like(ys)
+    seen = torch.zeros(num_classes, dtype=torch.long)
+    for i, c in enumerate(ys.tolist()):
+        rank[i] = seen[c]
+        seen[c] += 1
+    keep = (rank < m).nonzero().flatten()
+    size = len(batches[0][1])
+    xs, ys = xs[keep], ys[keep]
+    out = [(xs[i : i + size], ys[i : i + size]) for i in range(0, len(ys), size)]
+    return out, len(rank) - len(keep)
 
 
 def calibrated_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
@@ -195,14 +376,21 @@ def user_problem(
     batch_size: int = 8,
     loss: LossSpec | None = None,
     seed: int = 0,
+    budget_s: float | None = None,
+    max_layers: int | None = None,
 ) -> FlowProblem:
     """Wrap a user's model with seeded Gaussian inputs of ``input_shape`` and balanced labels.
 
+    ``samples`` is rounded up to a multiple of ``num_classes`` (labels 0, 1, …, C−1, 0, …), so
+    every class has the same count and every claim, measures and flow alike, uses all of them.
     Raises ModelError (one line) for a model without trainable parameters, an input shape it
     can't take, logits of the wrong shape, or a non-finite loss.
     """
     if not any(p.requires_grad for p in model.parameters()):
         raise ModelError("the model has no trainable parameters")
+    if num_classes < 1 or samples < 1:
+        raise ModelError(f"need num_classes >= 1 and samples >= 1, got {num_classes}, {samples}")
+    samples = -(-samples // num_classes) * num_classes
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((samples, *input_shape), generator=gen, dtype=torch.float64)
     y = torch.arange(samples) % num_classes
@@ -222,8 +410,16 @@ def user_problem(
     batches = [
         (x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, samples, batch_size)
     ]
-    problem = FlowProblem("user-model", model, batches, loss or LossSpec("cross_entropy", 5.0))
+    problem = FlowProblem(
+        "user-model",
+        model,
+        batches,
+        loss or LossSpec("cross_entropy", 5.0),
+        budget_s=budget_s,
+        max_layers=max_layers,
+    )
     problem.kinked = has_kinks(model)
-    if not torch.isfinite(torch.tensor(problem.state.loss)):
-        raise ModelError(f"the loss is not finite on random inputs ({problem.state.loss})")
+    start_loss = float(flow.dataset_loss(problem.model, problem.batches, problem.loss))
+    if not torch.isfinite(torch.tensor(start_loss)):
+        raise ModelError(f"the loss is not finite on random inputs ({start_loss})")
     return problem

@@ -121,11 +121,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     Exits 1 (after writing the page) when an identity claim in it failed, as ``check`` does;
     empirical verdicts, whichever way they fall, never change the exit status.
+
+    Named inputs (``--runs``/``--claims``) that are missing or unreadable are an error (exit 2,
+    nothing written). Without inputs, a step that could not run leaves a page with a gap; if
+    that page would replace an existing one, it is written beside it (``*.incomplete.html``)
+    and the old page is kept. ``-o``'s folder is checked for writability before any work.
     """
     out = Path(args.output)
+    gio.check_writable(out, what="report")
     gaps: list[Gap] = []
     known: dict[str, str] = {}
-    if args.runs or args.claims:
+    named = bool(args.runs or args.claims)
+    if named:
         runs, claims = list(args.runs), list(args.claims)
         cmd = ["gfverify", "report"]
         cmd += ["--runs", *runs] if runs else []
@@ -146,14 +153,26 @@ def cmd_report(args: argparse.Namespace) -> int:
         runs, claims = [runs_dir], [claims_path]
         command = shlex.join(["gfverify", "report", "-o", str(out)])
         _say("3/3 report")
+    target = out
+    if gaps and not named and out.exists():  # never replace a page by one that lost content
+        target = out.with_name(f"{out.stem}.incomplete{out.suffix or '.html'}")
+        _say(f"a step could not run: {out} is kept, the new page goes to {target}")
     path, data = write_report(
-        out, runs, claims, known_commands=known, extra_gaps=gaps, report_command=command
+        target,
+        runs,
+        claims,
+        known_commands=known,
+        extra_gaps=gaps,
+        report_command=command,
+        strict=named,
     )
     for gap in data.gaps:
         if gap.where not in ("claims", "runs"):  # "not given" is a choice, not a problem
             _say(f"warning: {gap.line()}")
     print(path)
-    failed = sorted({row.id for row in data.claims if row.kind == "identity" and not row.passed})
+    failed = sorted(
+        {row.id for row in data.claims if row.kind == "identity" and row.verdict == "fail"}
+    )
     if failed:  # as `gfverify check`: a failed exact identity is a defect, not a finding
         _say(f"{len(failed)} identity claim(s) failed: {', '.join(failed)} (the page shows why)")
         return 1

@@ -72,20 +72,30 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Load the config, check it, execute the run, print its directory and result."""
+    """Load the config, check it, execute the run, print its directory and result.
+
+    Everything that can be checked without training (config, model, device, a writable run
+    directory) is checked before the run directory exists. On a terminal a per-epoch bar with
+    an ETA is shown on stderr (off with ``GFVERIFY_NO_PROGRESS=1`` or when stderr is not a TTY).
+    """
+    from gfverify import io as gio
+    from gfverify.commands import check_runnable, epoch_progress, progress_wanted
     from gfverify.config import load_config, update_config
-    from gfverify.runs import RESULT_FILE, execute, run_path, update_env
-    from gfverify.train import check_config
-    from gfverify.train.protocol import resolve_device
+    from gfverify.runs import RESULT_FILE, execute, read_metrics, run_path, update_env
+    from gfverify.train.protocol import epoch_plan
 
     config = load_config(args.config, args.overrides)
     if args.download:
         config = update_config(config, {"data.download": True})
-    check_config(config)
-    resolve_device(config.device)  # an unavailable device fails here, before a run dir exists
+    check_runnable(config)  # config, model and device fail here, before a run dir exists
     path = run_path(config, args.runs_dir)
+    gio.check_writable(path, directory=True, what="run directory")
     print(f"run {path.name}: {path}", flush=True)
-    outcome = execute(config, args.runs_dir, resume=not args.no_resume)
+    done = 0 if args.no_resume else max([int(m.get("epoch", 0)) for m in read_metrics(path)] or [0])
+    with epoch_progress(
+        len(epoch_plan(config)), initial=done, desc=f"run {path.name}", enabled=progress_wanted()
+    ) as advance:
+        outcome = execute(config, args.runs_dir, resume=not args.no_resume, on_epoch=advance)
     if outcome.status == "busy":
         print(f"run {outcome.run_id} is busy: another process holds {outcome.path / 'lock'}")
         return 1

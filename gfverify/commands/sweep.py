@@ -36,6 +36,8 @@ __all__ = [
 HEADLINE_KEYS = ("data.name", "model.name", "measure.name", "prune.ratio", "seed")
 #: The base grouping of ``gfverify results``; keys that vary between runs are added to it.
 BASE_GROUP_BY = ("data.name", "model.name", "measure.name")
+#: The sweep parser's option strings (set by add_parser), for advice in failure lines.
+_SWEEP_FLAGS: set[str] = {"--set", "--no-resume"}
 _SLURM_FLAGS = {
     "partition": "--partition",
     "time_min": "--time-min",
@@ -113,6 +115,10 @@ def _add_sweep(subparsers: Any) -> None:
     slurm.add_argument("--mem-gb", type=int, help="default 32")
     slurm.add_argument("--array-parallelism", type=int, help="tasks running at once (default 64)")
     p.set_defaults(func=cmd_sweep)
+    global _SWEEP_FLAGS
+    from gfverify.commands import option_strings
+
+    _SWEEP_FLAGS = option_strings(p)
 
 
 def _add_results(subparsers: Any) -> None:
@@ -136,6 +142,13 @@ def _add_results(subparsers: Any) -> None:
     p.add_argument("--csv", metavar="PATH", help="write one tidy row per finished run to PATH")
     p.add_argument(
         "--summary-csv", metavar="PATH", help="write the grouped table (n, mean, std) to PATH"
+    )
+    p.add_argument(
+        "--table1",
+        action="store_true",
+        help="print the paper's Table 1 layout instead: base accuracy (prune.ratio = 0 runs) and"
+        " each measure's final test accuracy per dataset/network/ratio, then the best-val epoch,"
+        " achieved pruned fraction, params and MACs after (gfverify.report.table1)",
     )
     p.set_defaults(func=cmd_results)
 
@@ -197,13 +210,17 @@ def run_states(configs: Sequence[Any], runs_dir: str | Path) -> list[str]:
     """State of each config's run directory: ``finished``, ``new``, ``conflict`` (a stored
     config.json disagrees), or the status.json state with its epoch, e.g. ``failed@3``;
     ``stale`` is a ``running`` run whose process (on this host) no longer exists."""
-    from gfverify.runs import check_config_matches, is_finished, read_status, run_path
+    from gfverify.runs import check_config_matches, read_status, result_state, run_path
 
     states = []
     for cfg in configs:
         path = run_path(cfg, runs_dir)
-        if is_finished(path):
+        result = result_state(path)
+        if result == "ok":
             states.append("finished")
+            continue
+        if result == "corrupt":
+            states.append("corrupt-result")  # run again (resuming) to rewrite it
             continue
         if not path.exists():
             states.append("new")
@@ -328,6 +345,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.launcher == "slurm" and args.workers != 1:
         raise GfverifyError("--workers only applies to --launcher local")
     slurm = _slurm_options(args)
+    from gfverify import io as gio
+    from gfverify.commands import check_grid
+
+    # Every grid point is checked (config, model, device) before anything runs or is listed;
+    # SLURM nodes have their own devices, so only the local launcher checks them here.
+    check_grid(configs, devices if args.launcher == "local" else ["cpu"])
     if args.dry_run:
         return _dry_run(configs, args, devices, slurm)
 
@@ -335,6 +358,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from gfverify.sweep import run_sweep, summarize
 
     resolve_train_fn(args.train_fn)  # fail now, with one line, if it cannot be imported
+    gio.check_writable(args.runs_dir, directory=True, what="runs directory")
     results = run_sweep(
         configs,
         args.runs_dir,
@@ -348,8 +372,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     counts = summarize(results)
     failed = [r for r in results if r.status == "failed"]
-    for r in failed:
-        print(f"failed  {r.run_id}  {r.error}  (see {r.path / 'status.json'})")
+    _report_failures(failed, _flags_of(args))
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     print(f"{len(results)} runs in {args.runs_dir}: {summary}")
     if counts.get("busy"):
@@ -357,6 +380,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if not failed:
         print(f"results: gfverify results {args.runs_dir}")
     return 1 if failed else 0
+
+
+def _flags_of(args: argparse.Namespace) -> set[str]:
+    return set(getattr(args, "sweep_flags", ())) or _SWEEP_FLAGS
+
+
+def _report_failures(failed: Sequence[Any], flags: set[str]) -> None:
+    """Failed runs on stderr: one line per distinct error (with how many runs and which), so a
+    cause shared by every run (missing data) is printed once, in the spelling of sweep's own
+    flags."""
+    import sys
+
+    from gfverify.errors import cli_advice
+
+    groups: dict[str, list[Any]] = {}
+    for r in failed:
+        text = (r.error or "unknown error").replace(r.run_id, "<run>")
+        groups.setdefault(text, []).append(r)
+    for text, runs in groups.items():
+        text = cli_advice(text, flags)
+        if len(runs) == 1:
+            r = runs[0]
+            line = f"failed  {r.run_id}  {text.replace('<run>', r.run_id)}"
+            print(f"{line}  (see {r.path / 'status.json'})", file=sys.stderr)
+        else:
+            ids = ", ".join(r.run_id for r in runs[:3]) + (", ..." if len(runs) > 3 else "")
+            print(f"failed  {len(runs)} runs ({ids})  {text}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,6 +476,14 @@ def cmd_results(args: argparse.Namespace) -> int:
             f"no finished runs in {runs_dir} ({started} run directories, none with result.json);"
             f" run `gfverify sweep CONFIG --runs-dir {runs_dir}` first"
         )
+    if getattr(args, "table1", False):
+        from gfverify.report.table1 import format_table1, table1
+
+        print(format_table1(table1(rows)))
+        unfinished = started - len(rows)
+        note = f"; {unfinished} unfinished run(s) not shown" if unfinished else ""
+        print(f"\n{len(rows)} finished run(s) in {runs_dir}{note}")
+        return 0
     _check_metric(args.metric, rows)
     group_by = _parse_group_by(args.group_by, rows) if args.group_by else default_group_by(rows)
     print(results_table(rows, group_by, args.metric))

@@ -1,5 +1,6 @@
-"""Data layer: datasets (CIFAR-10/100, image folders, Tiny-ImageNet, digits, synthetic) and
-per-epoch deterministic loaders, with an on-device augmentation fast path.
+"""Data layer: datasets (CIFAR-10/100, image folders, Tiny-ImageNet, Fashion-MNIST, MNIST,
+digits, synthetic) and per-epoch deterministic loaders, with an on-device augmentation fast
+path.
 
     spec = DataSpec(name="cifar10", root="data")
     data = load_datasets(spec)                 # train / val / test / scoring splits
@@ -8,7 +9,8 @@ per-epoch deterministic loaders, with an on-device augmentation fast path.
 
 Modules: ``spec`` (DataSpec, Datasets, registry), ``pipeline`` (torchvision transforms),
 ``sources`` (raw images, subsets, seeded splits), ``builders`` (the datasets,
-``load_datasets``), ``loaders`` (seeded epoch loaders), ``fast`` (TensorAugmentLoader).
+``load_datasets``), ``grey`` (idx files: Fashion-MNIST, MNIST), ``loaders`` (seeded epoch
+loaders), ``fast`` (TensorAugmentLoader).
 """
 
 from gfverify.data.builders import load_datasets

@@ -16,6 +16,8 @@
   upsampled to s×s, scaled to unit pixel std); image = μ_y + σ·ε, ε ~ N(0, I), stored as
   uint8 clip(round(127.5 + 42.5·x)). Labels balanced (i mod C, shuffled). Seeded by
   ``data_seed``; train and test are independent draws.
+- fashion_mnist / mnist: idx files (gzipped or not), 1×28×28 zero-padded to 1×32×32, see
+  :mod:`gfverify.data.grey`; "cifar" normalisation = the training split's own statistics.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from gfverify.data.pipeline import ImagePipeline, default_pad, normalization
+from gfverify.data import grey as _grey  # noqa: F401  (registers fashion_mnist, mnist)
+from gfverify.data.pipeline import ImagePipeline, channel_statistics, default_pad, normalization
 from gfverify.data.sources import (
     ArraySource,
     FileSource,
@@ -48,11 +51,15 @@ def load_datasets(spec: DataSpec) -> Datasets:
 
     Raises :class:`~gfverify.errors.DataError` (one line, naming the folder searched and how to
     get the data) when files are missing, corrupt or inconsistent.
+
+    Normalisation: "half" → 0.5/0.5 per channel; "cifar" → CIFAR's statistics, except for a
+    dataset with ``own_statistics`` (Fashion-MNIST, MNIST), whose mean/std are computed
+    (:func:`~gfverify.data.pipeline.channel_statistics`) over the images of the training split
+    actually trained on (after the validation hold-out and any subset; padding included,
+    before resizing), so no held-out or test pixel enters them.
     """
     raw = DATASETS[spec.name](spec)
     size = spec.image_size or raw.image_size
-    mean, std = normalization(spec.normalize, spec.name)
-    pipe = ImagePipeline(size=size, pad=default_pad(size), augment=spec.augment, mean=mean, std=std)
     num_classes = len(raw.class_names)
     for split, src in (("train", raw.train), ("test", raw.test)):
         if len(src) == 0:
@@ -65,6 +72,13 @@ def load_datasets(spec: DataSpec) -> Datasets:
     train_idx, val_idx = split_indices(len(raw.train), spec.val_fraction, spec.seed)
     if spec.train_subset is not None:
         train_idx = subset_indices(train_idx, spec.train_subset, spec.seed)
+    if spec.normalize == "cifar" and raw.own_statistics:
+        mean, std = channel_statistics(raw.train.images[train_idx])
+    else:
+        mean, std = normalization(spec.normalize, spec.name, raw.channels)
+    pipe = ImagePipeline(
+        size=size, pad=default_pad(size), augment=spec.augment, mean=mean, std=std, flip=raw.hflip
+    )
     train = ImageSubset(raw.train, train_idx, pipe, train=True)
     val = ImageSubset(raw.train, val_idx, pipe, train=False) if len(val_idx) else None
     test = ImageSubset(raw.test, np.arange(len(raw.test)), pipe, train=False)
@@ -74,7 +88,7 @@ def load_datasets(spec: DataSpec) -> Datasets:
         test=test,
         scoring=train,
         num_classes=num_classes,
-        input_shape=(3, size, size),
+        input_shape=(raw.channels, size, size),
         class_names=tuple(raw.class_names),
         spec=spec,
     )
@@ -120,6 +134,11 @@ def _cifar(spec: DataSpec, cls: type[CIFAR10], unverified: type[CIFAR10], title:
             raise DataError(
                 f"{title} not found: searched {folder}; pass --download (DataSpec.download=True) "
                 f"or place {cls.base_folder} under {root}"
+            ) from None
+        if not spec.verify_md5:  # the md5 check is already off: a file is simply missing
+            raise DataError(
+                f"{title} under {folder} is incomplete ({_one_line(err)}); "
+                "re-fetch it with --download"
             ) from None
         raise DataError(
             f"{title} under {folder} is incomplete or fails torchvision's md5 check "

@@ -7,7 +7,8 @@ seeded by derive_seed(S, k, e, 1). A batch x (uint8, B×C×s×s) becomes
 
     out[b, c, i, j] = P[b, c, dy_b + i, dx_b + (s−1−j if f_b else j)],   P = zero-pad(x, p)
 
-(RandomCrop(s, padding=p) then RandomHorizontalFlip, as torchvision), then
+(RandomCrop(s, padding=p) then RandomHorizontalFlip, as torchvision; with ``flip=False``,
+for datasets a mirror changes, f_j is still drawn, so the offsets stay the same, but unused), then
 (out/255 − mean)/std with the same float32 operations as ToTensor + Normalize, so with no
 shift and no flip both paths give bit-identical tensors.
 """
@@ -48,9 +49,9 @@ def normalize_uint8(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 class TensorAugmentLoader:
     """Batches (x, y) on ``device`` from uint8 ``images`` (N, C, s, s) and ``labels`` (N,).
 
-    ``augment`` → random zero-padded crop (padding ``pad``) and horizontal flip per sample;
-    then normalisation by ``mean``/``std``. ``epoch_loader(e)`` is a pure function of
-    (seed, stream, e) on a given device type.
+    ``augment`` → random zero-padded crop (padding ``pad``) and, if ``flip``, a horizontal
+    flip per sample; then normalisation by ``mean``/``std``. ``epoch_loader(e)`` is a pure
+    function of (seed, stream, e) on a given device type.
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class TensorAugmentLoader:
         std: Sequence[float] = (0.5, 0.5, 0.5),
         augment: bool = True,
         pad: int = 4,
+        flip: bool = True,
         shuffle: bool = True,
         drop_last: bool = False,
         seed: int = 0,
@@ -84,7 +86,7 @@ class TensorAugmentLoader:
         c = images.shape[1]
         self.mean = torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
-        self.batch_size, self.augment, self.pad = batch_size, augment, pad
+        self.batch_size, self.augment, self.pad, self.flip = batch_size, augment, pad, flip
         self.shuffle, self.drop_last, self.seed, self.stream = shuffle, drop_last, seed, stream
         self.device = device
         self.epoch = 0
@@ -109,6 +111,7 @@ class TensorAugmentLoader:
             std=pipe.std,
             augment=dataset.augmenting,
             pad=pipe.pad,
+            flip=pipe.flip,
             **kwargs,
         )
 
@@ -124,7 +127,8 @@ class TensorAugmentLoader:
         self.epoch = epoch
 
     def augment_params(self, epoch: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(dy, dx, flip) for every position of epoch ``epoch``, each of shape (N,)."""
+        """(dy, dx, flip) for every position of epoch ``epoch``, each of shape (N,); flip is
+        all False when ``self.flip`` is off (drawn all the same, so dy, dx do not change)."""
         n, p = self.num_samples, self.pad
         g = torch.Generator(device=self.device)
         g.manual_seed(derive_seed(self.seed, self.stream, epoch, 1))
@@ -132,6 +136,8 @@ class TensorAugmentLoader:
         dy = torch.randint(0, 2 * p + 1, (n,), **kw)
         dx = torch.randint(0, 2 * p + 1, (n,), **kw)
         flip = torch.rand(n, **kw) < 0.5
+        if not self.flip:
+            flip = torch.zeros_like(flip)
         return dy, dx, flip
 
     def epoch_loader(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:

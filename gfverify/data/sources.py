@@ -33,15 +33,17 @@ class Source(Protocol):
 
 
 class ArraySource:
-    """Images held in memory as uint8 (N, H, W, 3); ``image(i)`` is ``Image.fromarray`` of row i,
-    exactly as torchvision's CIFAR datasets produce their items."""
+    """Images held in memory as uint8 (N, H, W, C), C = 3 (RGB) or 1 (greyscale); ``image(i)``
+    is ``Image.fromarray`` of row i (mode "RGB", or "L" for C = 1), exactly as torchvision's
+    CIFAR and MNIST datasets produce their items."""
 
     def __init__(self, images: np.ndarray, labels: Sequence[int] | np.ndarray) -> None:
         images = np.asarray(images)
         labels = np.asarray(labels, dtype=np.int64)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
             raise DataError(
-                f"images must be uint8 (N, H, W, 3), got {images.dtype} {tuple(images.shape)}"
+                f"images must be uint8 (N, H, W, 3) or (N, H, W, 1), got {images.dtype} "
+                f"{tuple(images.shape)}"
             )
         if labels.shape != (images.shape[0],):
             raise DataError(f"{images.shape[0]} images but labels of shape {labels.shape}")
@@ -51,7 +53,13 @@ class ArraySource:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[-1])
+
     def image(self, i: int) -> Image.Image:
+        if self.images.shape[-1] == 1:
+            return Image.fromarray(self.images[i, :, :, 0], mode="L")
         return Image.fromarray(self.images[i])
 
 
@@ -71,13 +79,19 @@ class FileSource:
 
 @dataclass
 class RawData:
-    """What a dataset builder returns: unsplit train and test sources, class names, and the
-    native image side (used when ``DataSpec.image_size`` is None)."""
+    """What a dataset builder returns: unsplit train and test sources, class names, the
+    native image side (used when ``DataSpec.image_size`` is None), the number of image
+    ``channels`` (3 RGB, 1 greyscale), whether a horizontal flip keeps every label (``hflip``;
+    False → no flip augmentation), and whether ``normalize="cifar"`` means the training
+    split's own statistics (``own_statistics``) rather than CIFAR's."""
 
     train: Source
     test: Source
     class_names: tuple[str, ...]
     image_size: int
+    channels: int = 3
+    hflip: bool = True
+    own_statistics: bool = False
 
 
 class ImageSubset(Dataset):
@@ -113,16 +127,18 @@ class ImageSubset(Dataset):
         return self.train and self.pipeline.augment
 
     def uint8_images(self) -> Tensor:
-        """All images of the subset, resized to the pipeline's side s, as uint8 (N, 3, s, s)."""
+        """All images of the subset, resized to the pipeline's side s, as uint8 (N, C, s, s)."""
         s = self.pipeline.size
         src = self.source
         if isinstance(src, ArraySource) and src.images.shape[1:3] == (s, s):
             hwc = torch.from_numpy(src.images[self.indices])
         else:
             fit = EnsureSize(s)
-            hwc = torch.empty((len(self), s, s, 3), dtype=torch.uint8)
+            c = src.channels if isinstance(src, ArraySource) else 3
+            hwc = torch.empty((len(self), s, s, c), dtype=torch.uint8)
             for k, i in enumerate(self.indices):
-                hwc[k] = torch.from_numpy(np.array(fit(src.image(int(i))), dtype=np.uint8))
+                px = np.array(fit(src.image(int(i))), dtype=np.uint8)
+                hwc[k] = torch.from_numpy(px.reshape(s, s, c))
         return hwc.permute(0, 3, 1, 2).contiguous()
 
 

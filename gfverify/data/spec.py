@@ -27,14 +27,15 @@ class DataSpec:
     """Which dataset, where, and how it is split, augmented and normalised.
 
     - ``name``: a key of :data:`DATASETS` ("cifar10", "cifar100", "imagefolder",
-      "tinyimagenet", "digits", "synthetic").
+      "tinyimagenet", "digits", "synthetic", "fashion_mnist", "mnist").
     - ``root``: folder searched for the files (CIFAR: ``ROOT/cifar-10-batches-py`` or
       ``ROOT/cifar-100-python``; imagefolder: ``ROOT/train`` and ``ROOT/test``).
-    - ``download``: let torchvision download CIFAR into ``root`` (needs internet).
+    - ``download``: let torchvision download CIFAR / Fashion-MNIST / MNIST into ``root``
+      (needs internet).
     - ``normalize``: "half" → x ↦ (x − 0.5)/0.5 per channel (official code); "cifar" → true
-      CIFAR channel statistics.
+      CIFAR channel statistics (Fashion-MNIST / MNIST: their training split's statistics).
     - ``augment``: training transform = RandomCrop(size, padding=size//8) + RandomHorizontalFlip
-      (official: crop 32, pad 4); off → the test transform.
+      (official: crop 32, pad 4; no flip for MNIST digits); off → the test transform.
     - ``val_fraction``: round(f·N) training images held out (seeded by ``seed``), evaluated
       with the test transform.
     - ``train_subset``: keep the first N training images of a seeded shuffle (smoke runs).

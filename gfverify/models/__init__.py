@@ -76,14 +76,27 @@ def build_model(
 def load_factory(spec: str) -> ModelFactory:
     """Import ``attr`` from ``module`` given ``"module:attr"`` (``attr`` may be dotted).
 
-    Raises :class:`ModelError` with a one-line message when the string is malformed, the module
-    cannot be imported, the attribute is missing, or it is not callable.
+    The current directory is importable, as under ``python -m``: it is put first on
+    ``sys.path`` unless already there (in any spelling, ``""`` included), so
+    ``--model nets:make`` finds ``./nets.py``. Raises :class:`ModelError` with a one-line
+    message when the string is malformed, the module cannot be imported, the attribute is
+    missing, or it is not callable.
     """
     if not isinstance(spec, str) or spec.count(":") != 1:
         raise ModelError(f"model factory must look like 'pkg.module:callable', got {spec!r}")
     module_name, attr_path = (part.strip() for part in spec.split(":"))
     if not module_name or not attr_path:
         raise ModelError(f"model factory must look like 'pkg.module:callable', got {spec!r}")
+    import os
+    import sys
+
+    try:
+        cwd = os.getcwd()
+    except OSError:  # the current directory was removed: nothing to add
+        cwd = None
+    if cwd is not None and not any(os.path.abspath(p or ".") == cwd for p in sys.path):
+        sys.path.insert(0, cwd)
+        importlib.invalidate_caches()
     try:
         obj: object = importlib.import_module(module_name)
     except Exception as e:  # any import-time failure is the user's module's fault
@@ -97,6 +110,15 @@ def load_factory(spec: str) -> ModelFactory:
     if not callable(obj):
         raise ModelError(f"{spec!r} is not callable (it is a {type(obj).__name__})")
     return obj
+
+
+def require_module(obj: object, spec: str) -> nn.Module:
+    """``obj`` if it is an ``nn.Module``, else a one-line ModelError naming the factory ``spec``
+    and what it returned (a factory must return the model, not e.g. its class or a tuple)."""
+    if isinstance(obj, nn.Module):
+        return obj
+    what = f"the class {obj.__name__}" if isinstance(obj, type) else f"a {type(obj).__name__}"
+    raise ModelError(f"model factory {spec!r} returned {what}, not a torch.nn.Module")
 
 
 __all__ = [
@@ -113,6 +135,7 @@ __all__ = [
     "SmallNetSpec",
     "build_model",
     "load_factory",
+    "require_module",
     "mobilenet_v1",
     "register_model",
     "resnet56",

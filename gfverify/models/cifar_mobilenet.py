@@ -24,7 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from gfverify.models.cifar_vgg import check_build_args, scale_width
+from gfverify.models.cifar_vgg import check_build_args, check_in_channels, scale_width
 
 MOBILENET_V1_CFG: tuple[int | tuple[int, int], ...] = (
     64,
@@ -77,15 +77,19 @@ class CifarMobileNetV1(nn.Module):
         num_classes: int = 10,
         width_mult: float = 1.0,
         input_size: int = 32,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         n_down = sum(1 for v in cfg if not isinstance(v, int) and v[1] != 1)
         check_build_args("mobilenet_v1", num_classes, width_mult, input_size, 2**n_down)
+        check_in_channels("mobilenet_v1", in_channels)
         self.input_size = input_size
         stem_width = scale_width(32, width_mult)
         self.stem = nn.Sequential(
             OrderedDict(
-                conv=nn.Conv2d(3, stem_width, kernel_size=3, stride=1, padding=1, bias=False),
+                conv=nn.Conv2d(
+                    in_channels, stem_width, kernel_size=3, stride=1, padding=1, bias=False
+                ),
                 bn=nn.BatchNorm2d(stem_width),
                 act=nn.ReLU(),
             )
@@ -107,7 +111,8 @@ class CifarMobileNetV1(nn.Module):
 
 
 def mobilenet_v1(
-    num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32
+    num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32, in_channels: int = 3
 ) -> CifarMobileNetV1:
-    """MobileNet-V1 (CIFAR): 3,217,226 parameters for C=10, 3,309,476 for C=100 (width 1)."""
-    return CifarMobileNetV1(MOBILENET_V1_CFG, num_classes, width_mult, input_size)
+    """MobileNet-V1 (CIFAR): 3,217,226 parameters for C=10, 3,309,476 for C=100 (width 1, 3
+    input channels)."""
+    return CifarMobileNetV1(MOBILENET_V1_CFG, num_classes, width_mult, input_size, in_channels)

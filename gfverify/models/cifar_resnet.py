@@ -24,7 +24,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from gfverify.models.cifar_vgg import check_build_args, scale_width
+from gfverify.models.cifar_vgg import check_build_args, check_in_channels, scale_width
 
 RESNET_CIFAR_WIDTHS: tuple[int, int, int] = (16, 32, 64)
 
@@ -74,16 +74,17 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         width_mult: float = 1.0,
         input_size: int = 32,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
-        check_build_args(
-            f"resnet{6 * blocks_per_stage + 2}", num_classes, width_mult, input_size, 4
-        )
+        name = f"resnet{6 * blocks_per_stage + 2}"
+        check_build_args(name, num_classes, width_mult, input_size, 4)
+        check_in_channels(name, in_channels)
         self.input_size = input_size
         widths = [scale_width(w, width_mult) for w in RESNET_CIFAR_WIDTHS]
         self.stem = nn.Sequential(
             OrderedDict(
-                conv=nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=False),
+                conv=nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False),
                 bn=nn.BatchNorm2d(widths[0]),
                 act=nn.ReLU(),
             )
@@ -106,6 +107,9 @@ class CifarResNet(nn.Module):
         return self.classifier(torch.flatten(self.pool(x), 1))
 
 
-def resnet56(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32) -> CifarResNet:
-    """ResNet-56 (CIFAR): 855,770 parameters for C=10, 861,620 for C=100 (width_mult=1)."""
-    return CifarResNet(9, num_classes, width_mult, input_size)
+def resnet56(
+    num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32, in_channels: int = 3
+) -> CifarResNet:
+    """ResNet-56 (CIFAR): 855,770 parameters for C=10, 861,620 for C=100 (width_mult=1, 3
+    input channels)."""
+    return CifarResNet(9, num_classes, width_mult, input_size, in_channels)

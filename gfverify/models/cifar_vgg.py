@@ -33,6 +33,13 @@ def scale_width(channels: int, width_mult: float) -> int:
     return max(1, int(math.floor(channels * width_mult + 0.5)))
 
 
+def check_in_channels(model: str, in_channels: int) -> None:
+    """Raise :class:`ModelError` unless ``in_channels`` (image channels: 3 RGB, 1 grey) is a
+    positive integer."""
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ModelError(f"{model}: in_channels must be a positive integer, got {in_channels!r}")
+
+
 def check_build_args(
     model: str, num_classes: int, width_mult: float, input_size: int, min_input_size: int
 ) -> None:
@@ -61,7 +68,8 @@ def check_build_args(
 
 
 class CifarVGG(nn.Module):
-    """VGG for 3-channel images: ``features`` (Conv→ReLU→BN / MaxPool), ``pool``, ``classifier``.
+    """VGG for ``in_channels``-channel images (3 RGB, 1 greyscale): ``features``
+    (Conv→ReLU→BN / MaxPool), ``pool``, ``classifier``.
 
     forward(x) = classifier(flatten(pool(features(x)))).
     """
@@ -72,14 +80,15 @@ class CifarVGG(nn.Module):
         num_classes: int = 10,
         width_mult: float = 1.0,
         input_size: int = 32,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         n_pools = sum(1 for v in cfg if v == "M")
         name = "vgg13" if tuple(cfg) == VGG13_CFG else "vgg"
         check_build_args(name, num_classes, width_mult, input_size, 2**n_pools)
+        check_in_channels(name, in_channels)
         self.input_size = input_size
         layers: list[nn.Module] = []
-        in_channels = 3
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -99,6 +108,9 @@ class CifarVGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def vgg13(num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32) -> CifarVGG:
-    """VGG-13 (CIFAR): 9,413,066 parameters for C=10, 9,459,236 for C=100 (width_mult=1)."""
-    return CifarVGG(VGG13_CFG, num_classes, width_mult, input_size)
+def vgg13(
+    num_classes: int = 10, width_mult: float = 1.0, input_size: int = 32, in_channels: int = 3
+) -> CifarVGG:
+    """VGG-13 (CIFAR): 9,413,066 parameters for C=10, 9,459,236 for C=100 (width_mult=1, 3
+    input channels; 1 channel, as Fashion-MNIST: 1,152 fewer)."""
+    return CifarVGG(VGG13_CFG, num_classes, width_mult, input_size, in_channels)

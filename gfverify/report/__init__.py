@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gfverify.report.build import ClaimRow, Gap, ReportData, collect
+from gfverify.report.build import INDICATIVE_SCALES, ClaimRow, Gap, ReportData, collect
 from gfverify.report.figures import FigureOut, identity_figures, run_figures
 
 __all__ = ["Gap", "ReportData", "collect", "render_html", "write_report"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
-_VERDICT_ORDER = ("pass", "supported", "inconclusive", "contradicted", "fail")
+_VERDICT_ORDER = ("pass", "supported", "inconclusive", "skipped", "contradicted", "error", "fail")
 
 
 def _num(value: Any, spec: str = ".4g") -> str:
@@ -93,6 +93,7 @@ def render_html(
         identity_figures=ident,
         run_figures=runs,
         runs_dirs=list(runs_dirs),
+        indicative_scales=INDICATIVE_SCALES,
     )
 
 
@@ -105,10 +106,18 @@ def write_report(
     known_commands: Mapping[str, str] | None = None,
     extra_gaps: Sequence[Gap] = (),
     report_command: str | None = None,
+    strict: bool = False,
 ) -> tuple[Path, ReportData]:
-    """Collect, draw and write the page to ``out`` (atomically); returns the path and data."""
+    """Collect, draw and write the page to ``out`` (atomically); returns the path and data.
+
+    ``strict``: the inputs were named by the user; one that cannot be used raises GfverifyError
+    and nothing is written (:func:`~gfverify.report.build.collect`). The output's folder is
+    checked for writability before anything is read; a failed write saves the page elsewhere
+    and says where (:func:`gfverify.io.write_or_salvage`).
+    """
     from gfverify import io as gio
 
+    path = gio.check_writable(out, what="report")
     data = collect(
         runs_dirs,
         claims_paths,
@@ -116,9 +125,9 @@ def write_report(
         known_commands=known_commands,
         extra_gaps=extra_gaps,
         report_command=report_command,
+        strict=strict,
     )
     html = render_html(data, runs_dirs=[str(d) for d in runs_dirs])
-    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    gio.atomic_write_text(path, html)
+    gio.write_or_salvage(path, html, what="report")
     return path, data

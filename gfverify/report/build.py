@@ -118,6 +118,26 @@ class ClaimRow:
     def is_statistical(self) -> bool:
         return self.kind == "statistical"
 
+    @property
+    def expected_text(self) -> str | None:
+        """What a statistical row expects, in words: ``details.prediction``, else the test's
+        rule (``effect > 0``; ``effect > −margin`` for non-inferiority). None for others (the
+        number ``expected`` is shown). A statistical record's numeric ``expected`` (1 = "the
+        claim should hold") is never shown as a value."""
+        if not self.is_statistical:
+            return None
+        prediction = self.details.get("prediction")
+        if isinstance(prediction, str) and prediction.strip():
+            return prediction.strip()
+        margin = self.detail("margin")
+        if self.details.get("rule") == "noninferiority" and margin:
+            return f"effect > −{margin:.3g}"
+        return "effect > 0"
+
+
+#: Scales whose claims are indicative only (small nets, few seeds, short schedules).
+INDICATIVE_SCALES = ("quick",)
+
 
 @dataclass
 class ClaimsFile:
@@ -368,6 +388,13 @@ def load_run(
     )
     if run.result is not None:
         run.widths = _widths(path, result)  # type: ignore[arg-type]
+        if run.env.get("mixed_threads"):  # resumed under another thread count (runs.py)
+            counts = ", ".join(str(c) for c in run.env.get("thread_counts") or [])
+            gap = Gap(
+                f"run {run.run_id}",
+                f"shown, but its epochs ran under different thread counts ({counts}): its"
+                " numbers may differ from an uninterrupted run",
+            )
     elif gap is None:
         state = run.status.get("state", "no status")
         why = f"not finished (state {state}, epoch {run.status.get('epoch', '?')}"
@@ -636,6 +663,8 @@ class ReportData:
     commands: list[Command]
     environment: dict[str, list[str]]
     gaps: list[Gap] = field(default_factory=list)
+    #: The paper's Table 1 layout of the finished runs (empty without pruned runs).
+    table1: Any = None
 
     @property
     def claims(self) -> list[ClaimRow]:
@@ -676,6 +705,7 @@ def _environment(claims: Sequence[ClaimsFile], runs: Sequence[Run]) -> dict[str,
         add("platform", e.get("platform"), src)
     out: dict[str, list[str]] = {}
     for label, values in env.items():
+        values = _merge_local_versions(values) if label in ("torch", "gfverify") else values
         out[label] = [f"{v}  [{_sources(s)}]" if len(values) > 1 else v for v, s in values.items()]
     seeds = sorted({r.seed for r in runs if r.finished}, key=str)
     if seeds:
@@ -693,6 +723,17 @@ def _environment(claims: Sequence[ClaimsFile], runs: Sequence[Run]) -> dict[str,
     return out
 
 
+def _merge_local_versions(values: Mapping[str, list[str]]) -> dict[str, list[str]]:
+    """One entry per version: ``2.14.1`` (package metadata) and ``2.14.1+cu130``
+    (``torch.__version__``) are the same install; the longer spelling is kept."""
+    merged: dict[str, tuple[str, list[str]]] = {}
+    for value, sources in values.items():
+        base = value.split("+", 1)[0]
+        shown, seen = merged.get(base, (value, []))
+        merged[base] = (max(shown, value, key=len), seen + list(sources))
+    return {shown: sources for shown, sources in merged.values()}
+
+
 def _sources(sources: Sequence[str]) -> str:
     return ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
 
@@ -705,21 +746,37 @@ def collect(
     known_commands: Mapping[str, str] | None = None,
     extra_gaps: Sequence[Gap] = (),
     report_command: str | None = None,
+    strict: bool = False,
 ) -> ReportData:
-    """Read every claims file and run directory into a :class:`ReportData` (never raises for a
-    bad input: each becomes a gap)."""
+    """Read every claims file and run directory into a :class:`ReportData`.
+
+    ``strict=False``: never raises for a bad input, each becomes a gap. ``strict=True`` (inputs
+    the user named): a claims file that cannot be used at all (missing, unreadable, not JSON,
+    another schema) or a runs directory that is missing or holds no run directory raises one
+    GfverifyError naming every such input, before anything is drawn or written.
+    """
     gaps = list(extra_gaps)
+    unusable: list[str] = []
     claims_files: list[ClaimsFile] = []
     for path in claims_paths:
         cf, g = load_claims(path)
         gaps += g
         if cf is not None:
             claims_files.append(cf)
+        else:
+            unusable += [x.line() for x in g[:1]]
     runs: list[Run] = []
     for d in runs_dirs:
         rs, g = load_runs(d)
         runs += rs
         gaps += g
+        if not rs:
+            unusable += [x.line() for x in g[:1]] or [f"{d}: no runs"]
+    if strict and unusable:
+        raise GfverifyError(
+            f"{len(unusable)} named input(s) cannot be used, so no report was written: "
+            + "; ".join(unusable)
+        )
     if not claims_paths:
         gaps.append(Gap("claims", "no claims file given"))
     if not runs_dirs:
@@ -748,4 +805,12 @@ def collect(
         commands=commands,
         environment=_environment(claims_files, runs),
         gaps=gaps,
+        table1=_table1(runs),
     )
+
+
+def _table1(runs: Sequence[Run]) -> Any:
+    """The Table 1 section's data (:mod:`gfverify.report.table1`) from the finished runs."""
+    from gfverify.report.table1 import build_table1
+
+    return build_table1([r.row() for r in runs if r.finished])

@@ -51,6 +51,8 @@ VERDICT_COLOURS = {
     "fail": "#cf222e",
     "contradicted": "#cf222e",
     "inconclusive": "#bf8700",
+    "skipped": "#6e7781",
+    "error": "#8250df",
 }
 
 
@@ -103,7 +105,13 @@ def _positive_pairs(xs: Sequence[Any], ys: Sequence[Any]) -> list[tuple[float, f
     return [(x, y) for x, y in pairs if x and y and x > 0 and y > 0 and math.isfinite(x * y)]
 
 
-def _slope_reference(ax: Any, cases: Sequence[Sequence[tuple[float, float]]], p: float) -> None:
+def _slope_reference(
+    ax: Any,
+    cases: Sequence[Sequence[tuple[float, float]]],
+    p: float,
+    style: str = "k--",
+    label: str | None = None,
+) -> None:
     """Draw y = C·h^p over the steps of the median case (cases ranked by e/h^p at their finest
     step), with C half that case's constant: parallel to an O(h^p) case, not on top of it."""
     ranked = sorted(cases, key=lambda pts: pts[-1][1] / pts[-1][0] ** p)
@@ -111,7 +119,8 @@ def _slope_reference(ax: Any, cases: Sequence[Sequence[tuple[float, float]]], p:
     (h_min, e_min), h_max = pts[-1], pts[0][0]
     c = 0.5 * e_min / h_min**p
     lo, hi = min(h_min, h_max), max(h_min, h_max)
-    ax.plot([lo, hi], [c * lo**p, c * hi**p], "k--", lw=1.2, label=f"slope {p:g} (O(h^{p:g}))")
+    label = label or f"slope {p:g} (O(h^{p:g}))"
+    ax.plot([lo, hi], [c * lo**p, c * hi**p], style, lw=1.2, label=label)
 
 
 def _columns(obj: Any) -> Mapping[str, Any] | None:
@@ -273,40 +282,139 @@ def _need_runs(runs: Sequence[Run]) -> list[Run]:
 # the figures
 
 
+#: Markers by verdict (colour tells the cases apart, the marker tells pass from fail).
+VERDICT_MARKERS = {"pass": "o", "fail": "X"}
+#: A case whose observed order is further than this from the method's order has its rounding
+#: floor and tolerance drawn next to it.
+ORDER_SLACK = 0.15
+#: An identity passes when its observed order is within ±ORDER_BAND of the method's order p
+#: (and its finest error within tolerance): gfverify.claims.numerics.ConvergenceStudy.order_ok.
+ORDER_BAND = 0.5
+
+
+def case_colours(n: int) -> list[Any]:
+    """``n`` colours, pairwise distinct (tab10, then tab20, then a sampled hsv wheel)."""
+    if n <= 10:
+        cmap = matplotlib.colormaps["tab10"]
+        return [cmap(i) for i in range(n)]
+    if n <= 20:
+        cmap = matplotlib.colormaps["tab20"]
+        return [cmap(i) for i in range(n)]
+    cmap = matplotlib.colormaps["hsv"]
+    return [cmap(i / n) for i in range(n)]
+
+
+def _problem(r: ClaimRow) -> str:
+    problem = r.details.get("problem")
+    if isinstance(problem, str) and problem:
+        return problem
+    return r.case.split("/", 1)[0] if "/" in r.case else r.case
+
+
 def identity_convergence(claim: str, rows: Sequence[ClaimRow]) -> str:
     """Relative error vs step size (log-log) for every case of identity ``claim``, with a
-    reference line of slope p = the method's order (2 for central differences: O(h²))."""
+    reference line of slope p = the method's order (2 for central differences: O(h²)) and a
+    dotted one of slope p − :data:`ORDER_BAND`, the lowest observed order that passes.
+
+    Every case has its own colour (marker: ○ pass, ✕ fail). Each problem's step ladder is
+    scaled to that problem's time scale, so the cases form one cluster per problem: each
+    cluster is labelled with its problem. A case whose observed order is off the method's by
+    more than :data:`ORDER_SLACK` has its rounding floor (dotted, ``floor / scale``) and its
+    tolerance (a bar at the finest step, ``tolerance / scale``) drawn in its colour: an error
+    that reaches the floor flattens the slope, and the verdict is error ≤ tolerance.
+    """
     cases = [r for r in _rows(rows, claim) if isinstance(r.details.get("steps"), list)]
-    fig, (ax,) = _figure(6.4, 4.2)
+    fig, (ax,) = _figure(6.8, 4.6)
     drawn: list[list[tuple[float, float]]] = []
     orders: list[float] = []
-    label_cases = len(cases) <= 6
-    for r in cases:
+    clusters: dict[str, list[tuple[float, float]]] = {}
+    colours = case_colours(len(cases))
+    label_cases = len(cases) <= 12
+    floors_drawn = 0
+    for r, colour in zip(cases, colours):
         ys = r.details.get("relative_errors") or r.details.get("errors") or []
         pairs = _positive_pairs(r.details["steps"], ys)
         if len(pairs) < 2:
             continue
         xs, es = zip(*pairs)
-        colour = VERDICT_COLOURS.get(r.verdict, "0.4")
-        ax.plot(
-            xs, es, "o-", color=colour, lw=1, ms=3, alpha=0.8, label=r.case if label_cases else None
-        )
+        marker = VERDICT_MARKERS.get(r.verdict, "s")
+        label = f"{r.case} ({r.verdict})" if label_cases else None
+        ax.plot(xs, es, marker=marker, ls="-", color=colour, lw=1, ms=4, alpha=0.85, label=label)
         drawn.append(pairs)
-        orders.append(r.detail("method_order") or 2.0)
+        order = r.detail("method_order") or 2.0
+        orders.append(order)
+        clusters.setdefault(_problem(r), []).extend(pairs)
+        observed = r.observed_order
+        if observed is not None and abs(observed - order) > ORDER_SLACK:
+            floors_drawn += _draw_floor(ax, r, colour)
     if not drawn:
         raise Unavailable(f"no case of {claim} has steps and errors in its details")
     p = sorted(orders)[len(orders) // 2]
     _slope_reference(ax, drawn, p)
+    low = p - ORDER_BAND
+    _slope_reference(ax, drawn, low, "k:", f"slope {low:g}: lowest order that passes")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("step size h (s for T1/T2)")
+    if len(clusters) > 1:
+        for problem, pts in clusters.items():
+            x = math.exp(sum(math.log(x) for x, _ in pts) / len(pts))
+            y = max(e for _, e in pts)
+            ax.annotate(
+                problem,
+                (x, y),
+                xytext=(0, 6),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7,
+                color="0.25",
+            )
+    unit = "flow time step h" if claim not in ("T1", "T2") else "pruning amount s"
+    ax.set_xlabel(f"{unit} (scaled per problem: one labelled cluster per problem)")
     ax.set_ylabel("relative error")
     observed = sorted(o for o in (r.observed_order for r in cases) if o is not None)
     med = f", median observed order {observed[len(observed) // 2]:.2f}" if observed else ""
     ax.set_title(f"{claim}: {len(drawn)} case(s){med}", fontsize=10)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6, title=None if label_cases else "green: pass, red: fail")
+    title = "○ pass, ✕ fail" if label_cases else "colour: case; ○ pass, ✕ fail"
+    if floors_drawn:
+        title += "\nthin dotted: a case's rounding floor; ▬: its tolerance"
+    ax.legend(fontsize=6, title=title, title_fontsize=6)
     return svg_text(fig, f"fig-identity-{claim}")
+
+
+def _draw_floor(ax: Any, r: ClaimRow, colour: Any) -> int:
+    """Draw ``floor/scale`` (dotted) over the steps and ``tolerance/scale`` at the finest step
+    for case ``r``; returns 1 if anything was drawn."""
+    scale = r.detail("scale")
+    floor = r.details.get("floor")
+    steps = r.details.get("steps") or []
+    if not scale or scale <= 0:
+        return 0
+    drew = 0
+    if isinstance(floor, list):
+        pairs = _positive_pairs(steps, [number(f) / scale if number(f) else None for f in floor])
+        if len(pairs) >= 2:
+            xs, fs = zip(*pairs)
+            ax.plot(xs, fs, ":", color=colour, lw=1.2)
+            drew = 1
+    absolute = r.detail("tolerance")  # details: absolute; the record's own: relative
+    tol = absolute / scale if absolute else r.tolerance
+    finest = min((number(h) for h in steps if number(h)), default=None)
+    if tol and tol > 0 and finest:
+        ax.plot([finest / 1.6, finest * 1.6], [tol] * 2, "-", color=colour, lw=3, alpha=0.6)
+        order = r.observed_order
+        ax.annotate(
+            f"order {order:.2f}: {r.verdict} on error vs tolerance"
+            if order is not None
+            else "tolerance",
+            (finest * 1.6, tol),
+            xytext=(4, -3),
+            textcoords="offset points",
+            fontsize=6,
+            color=colour,
+        )
+        drew = 1
+    return drew
 
 
 def h1_agreement(rows: Sequence[ClaimRow]) -> str:
@@ -560,6 +668,64 @@ def flow_vs_sgd(rows: Sequence[ClaimRow]) -> str:
     return svg_text(fig, "fig-f1")
 
 
+#: Statistical claims drawn as paired differences per seed (S3 and F1 have their own figures).
+PAIRED_CLAIMS = ("S1", "S2", "S4", "S5", "S6")
+
+
+def paired_differences(claim: str, rows: Sequence[ClaimRow]) -> str:
+    """One row per case of statistical ``claim``: the per-seed values the test used
+    (``details.values``: paired differences, or per-seed statistics for one-sample tests) as
+    dots, their mean (``effect``) with its 95% interval ``[ci_low, ci_high]`` as a bar, the
+    zero line and, for non-inferiority, the margin line at ``−margin``. Colour: the verdict."""
+    cases = [
+        r
+        for r in _rows(rows, claim)
+        if r.is_statistical and isinstance(r.details.get("values"), list) and r.details["values"]
+    ]
+    if not cases:
+        raise Unavailable(f"no case of {claim} records its per-seed values")
+    fig, (ax,) = _figure(7.2, 1.2 + 0.7 * len(cases))
+    labels = []
+    for i, r in enumerate(cases):
+        y = len(cases) - 1 - i
+        values = [v for v in (number(x) for x in r.details["values"]) if v is not None]
+        colour = VERDICT_COLOURS.get(r.verdict, "0.4")
+        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+        ax.plot(values, [y + j for j in jitter], "o", color=colour, ms=4, alpha=0.7)
+        if r.ci is not None:
+            ax.plot(list(r.ci), [y - 0.28] * 2, "-", color=colour, lw=3)
+        if r.effect is not None:
+            ax.plot([r.effect], [y - 0.28], "D", color="k", ms=5)
+        margin = r.detail("margin")
+        if r.details.get("rule") == "noninferiority" and margin:
+            ax.plot([-margin] * 2, [y - 0.45, y + 0.45], "--", color="0.3", lw=1)
+        n = r.n if r.n is not None else len(values)
+        labels.append(f"{r.case[:48]}\n{r.verdict}, n={n}")
+    ax.axvline(0.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(cases) - 1, -1, -1), labels, fontsize=7)
+    ax.set_ylim(-0.8, len(cases) - 0.2)
+    ax.set_xlabel("per-seed value (dots); ◆ mean with its 95% CI (bar); dashed: margin")
+    ax.set_title(f"{claim}: paired differences per seed", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    return svg_text(fig, f"fig-{claim.lower()}")
+
+
+def paired_figures(data: ReportData) -> list[FigureOut]:
+    """A paired-differences figure for each of S1, S2, S4, S5, S6 present in the claims."""
+    rows = data.claims
+    present = [c for c in PAIRED_CLAIMS if any(r.id == c or r.id.startswith(c + "-") for r in rows)]
+    return [
+        _attempt(
+            f"fig-{cid.lower()}",
+            f"{cid}: paired differences per seed",
+            "Dots: one seed each; ◆ and bar: mean and 95% CI of the test; the claim is"
+            " supported when the bar lies right of 0 (or of the dashed margin).",
+            lambda cid=cid: paired_differences(cid, rows),
+        )
+        for cid in present
+    ]
+
+
 # --------------------------------------------------------------------------------------------
 # all figures of a page
 
@@ -649,4 +815,5 @@ def run_figures(data: ReportData) -> list[FigureOut]:
             " rankings over flow time (thin: seeds, thick: mean).",
             lambda: flow_vs_sgd(rows),
         ),
+        *paired_figures(data),
     ]

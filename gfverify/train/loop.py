@@ -83,13 +83,14 @@ def train_epoch(
     on_batch: BatchCallback | None = None,
     desc: str = "",
     progress: bool = False,
+    on_loss: Callable[[int, float], None] | None = None,
 ) -> dict[str, float]:
     """One pass of SGD: for each batch, loss = CE(f(x)/T, y), backward, ``optimizer.step()``.
 
     Sets ``lr`` in every param group first. A non-finite loss raises
     :class:`~gfverify.errors.NonFiniteLossError` naming ``epoch`` and the 1-based batch.
-    ``on_batch(k, x, y)`` runs after each step. Returns the sample-weighted mean
-    ``train_loss``, ``train_acc`` and the number of ``train_batches``.
+    ``on_batch(k, x, y)`` runs after each step, then ``on_loss(k, minibatch loss)``. Returns
+    the sample-weighted mean ``train_loss``, ``train_acc`` and the number of ``train_batches``.
     """
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -118,6 +119,8 @@ def train_epoch(
         seen += len(y)
         if on_batch is not None:
             on_batch(k, x, y)
+        if on_loss is not None:
+            on_loss(k, value)
     if seen == 0:
         raise DataError(f"epoch {epoch} had no training batches (empty training split?)")
     return {

@@ -39,7 +39,7 @@ PROTECTED_LAYERS: dict[str, tuple[str, ...]] = {"resnet56": ("stem.conv",)}
 
 #: ``DataConfig.normalize`` -> ``DataSpec.normalize`` (the data layer knows CIFAR statistics only).
 _NORMALIZE = {"half": "half", "dataset": "cifar"}
-_CIFAR = ("cifar10", "cifar100")
+_CIFAR = ("cifar10", "cifar100", "fashion_mnist", "mnist")  # the last two: training-split stats
 
 #: Measures whose scores need data that one training batch cannot provide (class-balanced Hg).
 _NO_EMA_NEEDS = ("hg",)
@@ -67,8 +67,13 @@ def make_schedule(config: RunConfig) -> Schedule:
 
 
 def num_rounds(config: RunConfig) -> int:
-    """Pruning rounds that will run: the schedule's, or 0 for ratio 0 (dense baseline)."""
-    return 0 if config.prune.ratio == 0 else int(make_schedule(config).rounds)
+    """Pruning rounds that will run: the schedule's, or 0 for ratio 0 (dense baseline) — except
+    a ``one_shot`` schedule of ratio 0, the unpruned *control arm* of a one-shot experiment: its
+    one round removes nothing but runs like any other (probes, optimizer rebuilt: momentum
+    reset), so the arms of a seed differ only by which filters were removed."""
+    if config.prune.ratio == 0:
+        return 1 if config.prune.schedule == "one_shot" else 0
+    return int(make_schedule(config).rounds)
 
 
 def lr_at(config: RunConfig, epoch: int) -> float:
@@ -117,7 +122,7 @@ def data_spec(config: RunConfig) -> DataSpec:
     if d.normalize == "dataset" and d.name not in _CIFAR:
         raise ConfigError(
             f"config key 'data.normalize'='dataset' needs known channel statistics, available for"
-            f" cifar10/cifar100 only (data.name={d.name!r}); use 'half'"
+            f" {'/'.join(_CIFAR)} only (data.name={d.name!r}); use 'half'"
         )
     return DataSpec(
         name=d.name,

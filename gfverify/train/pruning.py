@@ -7,6 +7,16 @@ removed or masked (masked channels count as pruned, as the official "pruned %" d
 (0-based) prunes n = :func:`gfverify.schedule.filters_to_prune` (N₀, alive, schedule, k)
 filters, so after the last round round(N₀·(1 − P)) filters are alive whenever floors allow.
 
+**Budget with** ``prune.count_tied_twice`` (the official MobileNet quirk): the official code
+ranks every channel that feeds a depthwise conv twice and its budget counts ranking ENTRIES,
+n = int(p_k · E) with E = alive filters + their tied duplicates (``ranking.total_entries``) and
+p_k the schedule's per-round fraction (:meth:`Schedule.fractions`); a selected duplicate uses up
+one unit and removes nothing. The round then is :func:`gfverify.ranking.plan_from_fraction`, and
+``RoundPlan.n_requested`` / ``n_selected`` / ``shortfall`` count entries. (Counting the budget
+in filters while duplicates use it up removed about half the official number: 328 instead of
+614 filters in round 1 of MobileNet-V1's 25-round 75 % schedule.) The truncation compounds over
+rounds, as in the official code; the closed-form target above applies only without the quirk.
+
 **Ranking** (:func:`plan_round`). Scores of the alive filters only (masked channels are left
 out, so re-selecting a dead channel never uses up the budget) go to
 :func:`gfverify.ranking.plan_global` with floors ``default_floor(original width)``,
@@ -42,7 +52,8 @@ from gfverify.config import RunConfig
 from gfverify.errors import ModelError
 from gfverify.groups import FilterGroup
 from gfverify.measures import get_measure, score
-from gfverify.ranking import plan_global
+from gfverify.prune import combine_coupled, coupled_plan  # noqa: F401 (re-exported)
+from gfverify.ranking import plan_from_fraction, plan_global
 from gfverify.schedule import Schedule, filters_to_prune
 from gfverify.surgery import Mode, PruneRecord, PruningHistory, prune_filters, rebuild_sgd
 
@@ -132,20 +143,13 @@ class ScoreEMA:
         self.count += 1
 
 
-def combine_coupled(scores: Mapping[str, Tensor], members: tuple[str, ...], reduce: str) -> Tensor:
-    """Score of a coupled group's channels from its members' scores (module docstring)."""
-    stack = torch.stack([scores[m].to(torch.float64) for m in members])
-    if reduce == "sqrt":
-        return stack.pow(2).sum(dim=0).sqrt()
-    return stack.sum(dim=0)
-
-
 @dataclass(frozen=True)
 class RoundPlan:
     """A round's decision: ``plan`` = layer -> current channel indices to remove or mask
     (non-empty layers only), ``n_requested`` filters asked for by the schedule, ``n_selected``
-    filters the plan prunes, ``shortfall`` = max(0, requested − selected) (floors, protection),
-    ``alive_before`` alive filters before the round."""
+    filters the plan prunes (both in ranking entries with ``count_tied_twice``),
+    ``shortfall`` = max(0, requested − selected) (floors, protection), ``alive_before``
+    alive filters before the round."""
 
     plan: dict[str, Tensor]
     n_requested: int
@@ -168,38 +172,16 @@ def _full_mode_plan(
     order, the ranking's own key, while fewer than ``n`` filters are selected, so the last
     channel may overshoot ``n`` by less than its group's size.
     """
-    reduce = get_measure(measure_name).reduce
-    members = {m for g in setup.coupled for m in g[1:]}
-    group_of = {g[0]: g for g in setup.coupled}
-    ranked = {
-        name: combine_coupled(scores, group_of[name], reduce)
-        if name in group_of
-        else scores[name].double()
-        for name in widths
-        if name not in members
-    }
-    protected = {g[0] for g in setup.coupled if set(g) & setup.protected}
-    protected |= {p for p in setup.protected if p in ranked}
-    eligible = plan_global(
-        ranked,
-        sum(widths.values()),
+    return coupled_plan(
+        scores,
+        setup.coupled,
+        widths,
+        n,
+        get_measure(measure_name).reduce,
         original_widths=setup.original_widths,
-        protected=protected,
+        protected=setup.protected,
         floor_by=setup.floor_by,
     )
-    order = sorted(
-        (float(ranked[name][i]), pos, int(i), name)
-        for pos, name in enumerate(ranked)
-        for i in eligible.remove[name].tolist()
-    )
-    chosen: dict[str, list[int]] = {}
-    selected = 0
-    for _, _, i, name in order:
-        if selected >= n:
-            break
-        chosen.setdefault(name, []).append(i)
-        selected += len(group_of.get(name, (name,)))
-    return {k: sorted(v) for k, v in chosen.items()}, selected
 
 
 def plan_round(
@@ -227,21 +209,27 @@ def plan_round(
             name: scores[name].double()[torch.tensor(alive[name], dtype=torch.long)]
             for name in widths
         }
-        ranking = plan_global(
-            compressed,
-            n,
-            original_widths=setup.original_widths,
-            protected={p for p in setup.protected if p in compressed},
-            floor_by=setup.floor_by,
-            ties={k: v for k, v in setup.ties.items() if k in compressed},
-            count_tied_twice=setup.count_tied_twice,
-        )
+        options = {
+            "original_widths": setup.original_widths,
+            "protected": {p for p in setup.protected if p in compressed},
+            "floor_by": setup.floor_by,
+            "ties": {k: v for k, v in setup.ties.items() if k in compressed},
+            "count_tied_twice": setup.count_tied_twice,
+        }
+        if setup.count_tied_twice and options["ties"]:
+            # The official budget counts ranking entries (each tied channel twice):
+            # n = int(p_k · entries), exactly as ranking.plan_from_fraction (module docstring).
+            p_k = setup.schedule.fractions()[round_index]
+            ranking = plan_from_fraction(compressed, p_k, **options)
+            n, selected = ranking.n_requested, ranking.n_selected
+        else:
+            ranking = plan_global(compressed, n, **options)
+            selected = ranking.n_removed
         plan = {
             k: torch.tensor(alive[k], dtype=torch.long)[v]
             for k, v in ranking.remove.items()
             if v.numel()
         }
-        selected = ranking.n_removed
     return RoundPlan(
         plan=plan,
         n_requested=n,

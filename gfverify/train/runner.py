@@ -16,6 +16,15 @@ Per epoch e (see :mod:`gfverify.train.protocol` for phases and learning rates):
 5. one metrics line (:meth:`RunDir.log_epoch`), then a checkpoint
    (:mod:`gfverify.train.state`); ``history.json`` after every round.
 
+``probe.enabled`` (:mod:`gfverify.train.probes`, for the statistical claims): a
+:class:`~gfverify.train.probes.ProbeRecorder` probes a fixed batch (train-mode BN batch
+statistics) after every epoch, around every round and over the first ``probe.steps`` SGD steps
+after it, and runs the S3 study in unpruned runs; ``probes.json`` is written after every epoch
+and the recorder's state rides in the checkpoint. In a probed run the ``prune_*_before/after``
+metrics are those probe-batch values, and the per-epoch eval-mode probe of step 4 (and its
+scoring batches) is skipped. A ``one_shot`` run of ratio 0 is a control arm: its round scores
+nothing and removes nothing (:func:`gfverify.train.protocol.num_rounds`).
+
 ``measure.use_init``: θ⁰ is the model at the start of the run (after ``train.pretrained``);
 a copy of it goes through the same surgery every round, so θ − θ⁰ is always defined (on
 resume: rebuilt with the same seed and the history replayed).
@@ -64,6 +73,7 @@ from gfverify.train.loop import (
     scoring_batches,
     train_epoch,
 )
+from gfverify.train.probes import PROBES_FILE, ProbeRecorder, probe_batch
 from gfverify.train.protocol import (
     EpochSpec,
     check_config,
@@ -123,11 +133,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_network(config: RunConfig, num_classes: int) -> nn.Module:
+def build_network(config: RunConfig, num_classes: int, in_channels: int = 3) -> nn.Module:
     """The dense model: ``model.factory`` (called with the keyword arguments among num_classes,
-    width_mult, input_size that it accepts) or the registry's ``model.name``."""
+    width_mult, input_size, in_channels that it accepts) or the registry's ``model.name``.
+    ``in_channels`` (the data's image channels, 1 for Fashion-MNIST) is passed only when not 3."""
     m = config.model
     kwargs = {"num_classes": num_classes, "width_mult": m.width_mult, "input_size": m.input_size}
+    if in_channels != 3:
+        kwargs["in_channels"] = in_channels
     if m.factory is None:
         return build_model(m.name, **kwargs)
     factory = load_factory(m.factory)
@@ -173,9 +186,23 @@ class Trainer:
         )
         self.num_classes = datasets.num_classes
         self.input_shape = datasets.input_shape
+        self.prober: ProbeRecorder | None = None
+        if config.probe.enabled:
+            pc = config.probe
+            x, y = probe_batch(datasets.train, pc.samples, device)
+            self.prober = ProbeRecorder(
+                (x.to(dtype), y),
+                t.temperature,
+                steps=pc.steps,
+                tau_epochs=pc.tau_epochs if config.prune.ratio == 0 else (),
+                tau_filters=pc.tau_filters or None,
+                tau_dtype=pc.tau_dtype,
+                seed=config.seed,
+            )
 
         torch.manual_seed(config.seed)
-        model = build_network(config, self.num_classes).to(device=device, dtype=dtype)
+        model = build_network(config, self.num_classes, self.input_shape[0])
+        model = model.to(device=device, dtype=dtype)
         name = config.model.factory or config.model.name
         desc = f"model {name} (width_mult {config.model.width_mult})"
         if t.pretrained:
@@ -248,6 +275,8 @@ class Trainer:
         ckpt.restore_optimizer(self.optimizer, state["optimizer"], where)
         ckpt.set_rng_state(state.get("rng", {}))
         self.round_info = list(state.get("round_info", []))
+        if self.prober is not None and state.get("probes") is not None:
+            self.prober.state = state["probes"]
         self.best_val = state.get("best_val")
         self.seconds_before = float(state.get("seconds", 0.0))
         self.start_epoch = epoch
@@ -266,6 +295,7 @@ class Trainer:
             "best_val": self.best_val,
             "seconds": self.seconds(),
             "dense": self.dense,
+            **({"probes": self.prober.state} if self.prober is not None else {}),
         }
 
     def _history_json(self) -> dict[str, Any]:
@@ -345,7 +375,14 @@ class Trainer:
         t = self.config.train
         k = self.config.prune.ema_batches
         ema = ScoreEMA(k) if spec.phase == "prune" and k > 0 else None
-        on_batch = None
+        on_batch = on_loss = None
+        prober = self.prober
+        if prober is not None and prober.wants_steps():
+
+            def on_loss(_: int, value: float) -> None:
+                if prober.wants_steps():
+                    prober.on_step(self.model, value)
+
         if ema is not None:
             groups = filter_groups(self.model, self.example)
             init = self._params_init()
@@ -365,6 +402,7 @@ class Trainer:
             max_batches=t.max_batches_per_epoch,
             autocast=self.autocast,
             on_batch=on_batch,
+            on_loss=on_loss,
             desc=f"epoch {spec.epoch}/{len(self.plan)} {spec.phase}",
             progress=self.progress,
         )
@@ -373,14 +411,20 @@ class Trainer:
     def _prune(self, spec: EpochSpec, batches: list, ema: ScoreEMA | None, rec: dict) -> None:
         T = self.config.train.temperature
         probe_batches = first_batches(batches, self.config.measure.samples)
-        before = probe(self.model, probe_batches, T, with_loss=True)
         groups = filter_groups(self.model, self.example)
-        if ema is not None and ema.value is not None:
+        widths = {n: g.num_filters for n, g in groups.items()}
+        if self.prober is None:
+            before = probe(self.model, probe_batches, T, with_loss=True)
+        else:  # a probed run logs its probe-batch values (train-mode BN, probes.json)
+            before = self.prober.before_round(self.model, widths, spec.round)
+        if self.config.prune.ratio == 0:  # the one-shot control arm: a round removing nothing
+            scores = {n: torch.zeros(g.num_filters) for n, g in groups.items()}
+            source = "none"
+        elif ema is not None and ema.value is not None:
             scores, source = ema.value, "ema"
         else:
             scores = measure_scores(self.model, self.config, batches, groups, self._params_init())
             source = "scoring_batches"
-        widths = {n: g.num_filters for n, g in groups.items()}
         masked = masked_channels(self.model)
         rp = plan_round(scores, self.setup, widths, masked, spec.round, self.measure.name)
         record, self.optimizer = apply_round(
@@ -394,7 +438,11 @@ class Trainer:
         )
         if self.init_model is not None:
             prune_filters(self.init_model, dict(rp.plan), self.example, self.setup.mode)
-        after = probe(self.model, probe_batches, T, with_loss=True)
+        if self.prober is None:
+            after = probe(self.model, probe_batches, T, with_loss=True)
+        else:
+            cut = {n: w - len(record.removed.get(n, ())) for n, w in widths.items()}
+            after = self.prober.after_round(self.model, cut, record.kept_index_map, spec.epoch)
         removed = sum(len(v) for v in record.removed.values())
         n_masked = sum(len(v) for v in record.masked.values())
         info = {
@@ -425,16 +473,19 @@ class Trainer:
         t = self.config.train
         T = t.temperature
         stats, ema = self._train(spec)
+        if self.prober is not None:
+            self.prober.on_epoch(self.model, spec.epoch)
         rec: dict[str, Any] = {"epoch": spec.epoch, "phase": spec.phase, "lr": spec.lr, **stats}
         evaluating = spec.epoch % t.eval_every == 0 or spec.epoch == len(self.plan)
         if evaluating:
             self._evaluate(rec)
-        batches = self._scoring_batches(spec)
+        probed = self.prober is not None and spec.phase != "prune"
+        batches = [] if probed else self._scoring_batches(spec)
         if spec.phase == "prune":
             self._prune(spec, batches, ema, rec)
             if evaluating:
                 self._evaluate(rec, "_after_prune")
-        else:
+        elif self.prober is None:  # a probed run records its own per-epoch probe (probes.json)
             p = probe(self.model, first_batches(batches, self.config.measure.samples), T)
             rec.update(theta_sq=p.theta_sq, grad_sq=p.grad_sq, norm_rate=p.norm_rate)
         rec.update(self.structure())
@@ -445,8 +496,12 @@ class Trainer:
         return rec
 
     def run(self) -> dict[str, Any]:
+        if self.prober is not None and self.start_epoch == 0:
+            self.prober.maybe_tau(self.model, 0)
         for spec in self.plan[self.start_epoch :]:
             rec = self._epoch(spec)
+            if self.prober is not None:
+                self.run_dir.write_json(PROBES_FILE, self.prober.state)
             self.run_dir.log_epoch(rec)
             self.run_dir.save_checkpoint(self._state(spec.epoch))
             if self.progress:
@@ -461,7 +516,9 @@ class Trainer:
         if "test_acc" in rec:
             parts.append(f"test {rec['test_acc']:.4f}")
         parts.append(f"pruned {rec['pruned_fraction']:.3f}")
-        print("  ".join(parts), file=sys.stderr, flush=True)
+        from tqdm import tqdm  # above any live progress bar (gfverify run's epoch bar)
+
+        tqdm.write("  ".join(parts), file=sys.stderr)
 
     # ------------------------------------------------------------------ result
 
