@@ -190,11 +190,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         }
         gio.atomic_write_text(path, json.dumps(payload, indent=1))
 
-    from gfverify.commands import CostEta, claim_costs_from
+    from gfverify.commands import CostEta, builtin_claim_costs, claim_costs_from
 
     # the ETA weighs claims by their seconds in an earlier --json file (read before it is
-    # overwritten); without one every claim counts the same
-    eta = CostEta([c.id for c in claims], claim_costs_from(path) if path else {})
+    # overwritten), else, on the built-in nets, by the costs shipped in claims/costs.json;
+    # on a user model without an earlier file every claim counts the same
+    costs = claim_costs_from(path) if path else {}
+    if not costs and not args.model:
+        costs = builtin_claim_costs()
+    eta = CostEta([c.id for c in claims], costs)
     write(0)
     _print_table([], header=True)
     for i, claim in enumerate(claims):

@@ -41,6 +41,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+from torch.overrides import TorchFunctionMode
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from gfverify.errors import ModelError
@@ -226,8 +227,11 @@ def _trace(
         if isinstance(m, _ConvNd | nn.Linear)
     ]
     try:
-        with _tracing(model), _tolerant_reshape_mapping() as unmapped:
-            graph = tp.DependencyGraph().build_dependency(model, example_inputs=(x,), verbose=False)
+        with _tracing(model), _concat_sizes_from_trace() as sizes:
+            with _tolerant_reshape_mapping(sizes) as unmapped:
+                graph = tp.DependencyGraph().build_dependency(
+                    model, example_inputs=(x,), verbose=False
+                )
     finally:
         for h in hooks:
             h.remove()
@@ -235,26 +239,83 @@ def _trace(
     return graph, tuple(order)
 
 
+_CATS = (torch.cat, torch.concat, torch.concatenate)
+
+
+class _CatSizeRecorder(TorchFunctionMode):
+    """Records, for every ``torch.cat`` of the traced forward pass whose inputs all require
+    grad, the sizes of its inputs along the cat dimension, keyed by the output's ``grad_fn``
+    (the object torch-pruning builds its concat node from)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[object, list[int]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func in _CATS and isinstance(out, Tensor) and out.grad_fn is not None:
+            tensors = args[0] if args else kwargs.get("tensors", ())
+            dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+            if all(isinstance(t, Tensor) and t.requires_grad for t in tensors):
+                self.sizes[out.grad_fn] = [int(t.shape[dim]) for t in tensors]
+        return out
+
+
 @contextmanager
-def _tolerant_reshape_mapping() -> Iterator[list]:
-    """While active, a reshape whose channel index map torch-pruning cannot compute (it raises,
-    e.g. ``ZeroDivisionError`` on a channel shuffle ``view(b, g, c/g, h, w)``) is recorded in
-    the yielded list instead of aborting the trace; :func:`analyze` then leaves out every layer
-    whose channels pass through it."""
+def _concat_sizes_from_trace() -> Iterator[dict]:
+    """While active, every concatenation's input sizes are recorded (see
+    :class:`_CatSizeRecorder`); the yielded dict maps a ``CatBackward`` to them.
+
+    Why: torch-pruning infers a concat's input channel counts by walking the graph backwards
+    with a budget of ``MAX_RECURSION_DEPTH`` (500) steps shared by the whole walk; behind many
+    residual blocks (Swin-S/B: 18 blocks before the last patch merging's
+    ``torch.cat([x0, x1, x2, x3], -1)``) the budget runs out, every count is ``None``, and
+    ``update_concat_index_mapping`` computes ``sum([None, ...])`` before its own ``None``
+    check: ``TypeError: unsupported operand type(s) for +: 'int' and 'NoneType'``. The sizes
+    the forward pass actually saw are exact and cost nothing to record, so they are handed
+    to torch-pruning as ``concat_sizes`` (which it then keeps up to date while pruning)."""
+    recorder = _CatSizeRecorder()
+    with recorder:
+        yield recorder.sizes
+
+
+@contextmanager
+def _tolerant_reshape_mapping(cat_sizes: dict | None = None) -> Iterator[list]:
+    """While active, a reshape or concat whose channel index map torch-pruning cannot compute
+    (it raises, e.g. ``ZeroDivisionError`` on a channel shuffle ``view(b, g, c/g, h, w)``, or
+    ``TypeError`` on a concat whose input sizes it could not infer) is recorded in the yielded
+    list instead of aborting the trace; :func:`analyze` then leaves out every layer whose
+    channels pass through it. ``cat_sizes`` (from :func:`_concat_sizes_from_trace`) gives a
+    concat node its exact input sizes before torch-pruning tries to infer them."""
     failed: list = []
     original = tp_index_mapping.update_reshape_index_mapping
+    original_cat = tp_index_mapping.update_concat_index_mapping
+    errors = (ZeroDivisionError, ValueError, RuntimeError, IndexError, TypeError)
 
     def tolerant(graph: tp.DependencyGraph, node: tp.dependency.Node) -> None:
         try:
             original(graph, node)
-        except (ZeroDivisionError, ValueError, RuntimeError, IndexError, TypeError):
+        except errors:
+            failed.append(node)
+
+    def tolerant_cat(graph: tp.DependencyGraph, node: tp.dependency.Node) -> None:
+        known = (cat_sizes or {}).get(node.grad_fn)
+        op = node.module
+        if known is not None and op.concat_sizes is None and len(known) == len(node.inputs):
+            op.concat_sizes = list(known)
+        try:
+            original_cat(graph, node)
+        except errors:
             failed.append(node)
 
     tp_index_mapping.update_reshape_index_mapping = tolerant
+    tp_index_mapping.update_concat_index_mapping = tolerant_cat
     try:
         yield failed
     finally:
         tp_index_mapping.update_reshape_index_mapping = original
+        tp_index_mapping.update_concat_index_mapping = original_cat
 
 
 def pruning_group(
@@ -407,6 +468,38 @@ def _nearest_module(node: tp.dependency.Node, names: dict) -> str | None:
     return None
 
 
+#: Seconds torch-pruning may take to map one layer's channels in :func:`analyze` (main
+#: thread only; elsewhere there is no limit). Swin's window partitions blow its index maps up.
+GROUP_SECONDS = 10.0
+
+
+class _GroupTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(
+        signal, "setitimer"
+    ):
+        yield
+        return
+
+    def fire(signum: int, frame: object) -> None:
+        raise _GroupTimeout
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _layer_group(
     graph: tp.DependencyGraph, module: nn.Module, name: str, names: dict
 ) -> tuple[FilterGroup, list[str], bool] | str:
@@ -416,7 +509,13 @@ def _layer_group(
     pruner = graph.get_pruner_of_module(module)
     width = pruner.get_out_channels(module)
     try:
-        group = pruning_group(graph, module, list(range(width)), remap=False)
+        with _time_limit(GROUP_SECONDS):
+            group = pruning_group(graph, module, list(range(width)), remap=False)
+    except _GroupTimeout:
+        return (
+            f"layer {name!r}: torch-pruning's index map of its channels did not finish in "
+            f"{GROUP_SECONDS:g} s (a reshape that multiplies indices, e.g. a window partition)"
+        )
     except Exception as e:  # torch-pruning cannot follow the channels
         why = type(e).__name__
         if getattr(graph, "_gfverify_unmapped", None):
@@ -436,9 +535,14 @@ def _layer_group(
         if len(target.outputs) == 0 and not consumed:
             reaches_output = True  # the channel itself is (part of) a model output
         if target in unmapped:
+            what = (
+                "a concatenation whose input sizes torch-pruning could not infer"
+                if isinstance(tmod, tp.ops._ConcatOp)
+                else "a reshape that torch-pruning cannot map (a channel shuffle?)"
+            )
             return (
-                f"layer {name!r}: its channels pass through a reshape that torch-pruning cannot "
-                f"map (a channel shuffle?) at {_what(graph, target, names)}"
+                f"layer {name!r}: its channels pass through {what} at "
+                f"{_what(graph, target, names)}"
             )
         if isinstance(tmod, _PASS_THROUGH_OPS):
             continue

@@ -347,3 +347,47 @@ def test_a_grouped_filter_is_scored_over_all_its_channels():
         union = torch.cat([rows[k], rows[k + 3]])
         torch.testing.assert_close(mag[k], union.norm(), rtol=1e-6, atol=0)
         torch.testing.assert_close(l1[k], union.abs().sum(), rtol=1e-6, atol=0)
+
+
+class _DeepPatchMerge(nn.Module):
+    """Swin's shape in miniature: a channels-last embedding, a long parameter-free stretch
+    (Swin-S/B: 18 residual blocks) and a patch merging ``cat([x0, x1, x2, x3], -1)``."""
+
+    def __init__(self, depth: int = 600):
+        super().__init__()
+        self.depth = depth
+        self.embed = nn.Linear(3, 4)
+        self.reduction = nn.Linear(16, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x):
+        t = self.embed(x.permute(0, 2, 3, 1))
+        for _ in range(self.depth):
+            t = torch.relu(t)
+        parts = [t[:, i::2, j::2, :] for j in (0, 1) for i in (0, 1)]
+        t = self.reduction(torch.cat(parts, -1))
+        return self.head(t.mean((1, 2)))
+
+
+def test_concat_behind_a_long_path_gets_its_sizes_from_the_trace():
+    """torch-pruning's backward walk for a concat's input sizes runs out of its 500-step budget
+    behind the long stretch and it then computes ``sum([None, ...])`` (swin_s/swin_b's
+    ``TypeError``); with the sizes recorded in the forward pass the model is analysed, the
+    layer after the concat is prunable (pruning equals zeroing at its consumers), and the
+    embedding, whose channels meet the slices, is left out with a one-line reason."""
+    torch.manual_seed(0)
+    model = _DeepPatchMerge().double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    info = analyze(model, x)
+    assert "reduction" in info.groups and info.groups["reduction"].num_filters == 5
+    if "embed" not in info.groups:
+        reason = info.skipped["embed"]
+        assert "'embed'" in reason and "\n" not in reason and "_SliceOp" not in reason
+    plan = {"reduction": [1, 3]}
+    with torch.no_grad(), pruning_reference(model, plan, x) as ref:
+        expected = ref(x)
+    prune_filters(model, plan, x)
+    assert model.reduction.weight.shape == (3, 16)
+    assert model.head.weight.shape == (2, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)

@@ -495,3 +495,14 @@ def test_claim_costs_are_read_from_an_earlier_json(tmp_path):
     path.write_text(json.dumps({"results": rows}))
     assert claim_costs_from(path) == {"E2": 4.0, "S1": 50.0}
     assert claim_costs_from(tmp_path / "none.json") == {}
+
+
+def test_shipped_claim_costs_cover_every_registered_claim():
+    """The check's ETA on a fresh machine weighs claims by claims/costs.json: a claim added
+    without a measured cost would silently count as the median."""
+    from gfverify.claims import select_claims
+    from gfverify.commands import builtin_claim_costs
+
+    costs = builtin_claim_costs()
+    assert costs and all(v > 0 for v in costs.values())
+    assert {c.id for c in select_claims("all")} <= set(costs)

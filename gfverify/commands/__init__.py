@@ -302,3 +302,16 @@ def claim_costs_from(path: Any) -> dict[str, float]:
         if isinstance(sec, (int, float)) and sec > 0:
             costs[str(r.get("id"))] = max(costs.get(str(r.get("id")), 0.0), float(sec))
     return costs
+
+
+def builtin_claim_costs() -> dict[str, float]:
+    """Per-claim seconds of the built-in check measured once (``gfverify/claims/costs.json``):
+    the relative weights of the check's ETA on a fresh machine; {} if the file is missing."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "claims" / "costs.json"
+    try:
+        return {str(k): float(v) for k, v in json.loads(path.read_text())["seconds"].items()}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return {}
