@@ -468,36 +468,50 @@ def _nearest_module(node: tp.dependency.Node, names: dict) -> str | None:
     return None
 
 
-#: Seconds torch-pruning may take to map one layer's channels in :func:`analyze` (main
-#: thread only; elsewhere there is no limit). Swin's window partitions blow its index maps up.
-GROUP_SECONDS = 10.0
+#: The most channel indices torch-pruning may produce while mapping one layer's channels
+#: through the graph in :func:`analyze` (the sum of the index lists of its pruning group).
+#: Above it the layer is left out, recorded in :attr:`GraphInfo.skipped`.
+INDEX_BUDGET = 5_000_000
 
 
-class _GroupTimeout(Exception):
+class _IndexBudgetExceeded(Exception):
     pass
 
 
 @contextmanager
-def _time_limit(seconds: float) -> Iterator[None]:
-    import signal
-    import threading
+def _index_budget(limit: int | None) -> Iterator[None]:
+    """While active, torch-pruning's ``Group.add_dep`` counts the indices it is handed and
+    raises :class:`_IndexBudgetExceeded` once their sum passes ``limit`` (``None``: no limit).
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(
-        signal, "setitimer"
-    ):
+    Why a count and not a clock: some reshapes torch-pruning maps as a flatten (Swin's window
+    partition ``view(B, H/w, w, W/w, w, C)``) make every pass multiply the indices, so its
+    group walk grows without end (swin_t, last stage: 32 million indices after 10 s; its
+    other layers stay under 0.3 million). A wall-clock limit would make the plan depend on
+    the machine's load: a busy machine could leave out a layer a quiet one prunes, and the
+    trainer would prune a different network. A count is the same on every machine, so the
+    same model gives the same plan everywhere, and the layer left out is recorded with the
+    reason. The budget is far above any mapping that terminates in torchvision (a flatten
+    onto a Linear multiplies by at most 49 there) and lets a hand-written conv → flatten →
+    Linear keep about 2.5 million inputs to the Linear; raise :data:`INDEX_BUDGET` for more.
+    """
+    if limit is None:
         yield
         return
+    group_cls = tp.dependency.Group
+    original = group_cls.add_dep
+    total = [0]
 
-    def fire(signum: int, frame: object) -> None:
-        raise _GroupTimeout
+    def counted(self: tp.dependency.Group, dep: object, idxs: list) -> None:
+        total[0] += len(idxs)
+        if total[0] > limit:
+            raise _IndexBudgetExceeded
+        original(self, dep, idxs)
 
-    previous = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    group_cls.add_dep = counted
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        group_cls.add_dep = original
 
 
 def _layer_group(
@@ -509,12 +523,13 @@ def _layer_group(
     pruner = graph.get_pruner_of_module(module)
     width = pruner.get_out_channels(module)
     try:
-        with _time_limit(GROUP_SECONDS):
+        with _index_budget(INDEX_BUDGET):
             group = pruning_group(graph, module, list(range(width)), remap=False)
-    except _GroupTimeout:
+    except _IndexBudgetExceeded:
         return (
-            f"layer {name!r}: torch-pruning's index map of its channels did not finish in "
-            f"{GROUP_SECONDS:g} s (a reshape that multiplies indices, e.g. a window partition)"
+            f"layer {name!r}: torch-pruning's index map of its channels exceeded "
+            f"{INDEX_BUDGET:,} indices (gfverify.groups.INDEX_BUDGET; a reshape that "
+            "multiplies indices, e.g. a window partition)"
         )
     except Exception as e:  # torch-pruning cannot follow the channels
         why = type(e).__name__
@@ -541,8 +556,7 @@ def _layer_group(
                 else "a reshape that torch-pruning cannot map (a channel shuffle?)"
             )
             return (
-                f"layer {name!r}: its channels pass through {what} at "
-                f"{_what(graph, target, names)}"
+                f"layer {name!r}: its channels pass through {what} at {_what(graph, target, names)}"
             )
         if isinstance(tmod, _PASS_THROUGH_OPS):
             continue

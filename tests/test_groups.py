@@ -391,3 +391,23 @@ def test_concat_behind_a_long_path_gets_its_sizes_from_the_trace():
     assert model.head.weight.shape == (2, 3)
     with torch.no_grad():
         torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_index_budget_leaves_a_layer_out_loudly_and_the_same_on_every_machine(monkeypatch):
+    """A layer whose index map passes :data:`gfverify.groups.INDEX_BUDGET` (a count, not a
+    clock) is left out with a reason naming it and the budget; the others are unaffected.
+    conv (4 channels) -> flatten (stride 16) -> Linear: the conv's group maps about 4 + 2·64 indices,
+    the Linear's 2."""
+    import gfverify.groups as groups_mod
+
+    model = _Wrap(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(64, 2))
+    x = torch.randn(2, 3, 6, 6)
+    assert set(analyze(model, x).groups) == {"body.0", "body.2"}
+    monkeypatch.setattr(groups_mod, "INDEX_BUDGET", 100)
+    info = analyze(model, x)
+    assert set(info.groups) == {"body.2"}
+    reason = info.skipped["body.0"]
+    assert "'body.0'" in reason and "exceeded 100 indices" in reason and "\n" not in reason
+    assert analyze(model, x).skipped == info.skipped  # deterministic
+    monkeypatch.setattr(groups_mod, "INDEX_BUDGET", 10_000)
+    assert "body.0" in analyze(model, x).groups

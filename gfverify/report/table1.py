@@ -2,7 +2,7 @@
 
 One line per (dataset, network, width, target ratio): the unpruned base accuracy and, per
 importance measure, the final-epoch test accuracy, each ``mean ± std`` over seeds with
-``mean = Σx_i/n`` and ``std = sqrt(Σ(x_i − mean)²/(n − 1))`` (0 for n = 1). A run is a
+``mean = Σx_i/n`` and ``std = sqrt(Σ(x_i − mean)²/(n − 1))`` (none for n = 1: shown as ``mean (n=1)``). A run is a
 baseline when ``prune.ratio == 0`` (whatever its measure); it is matched to the pruned lines
 of the same dataset, network and width.
 
@@ -55,13 +55,18 @@ class Stat:
         if not xs:
             return cls(0, None, None)
         m = sum(xs) / len(xs)
-        var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+        if len(xs) == 1:  # a sample std needs two values: none, rather than a false 0
+            return cls(1, m, None)
+        var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
         return cls(len(xs), m, math.sqrt(var))
 
     def text(self, scale: float = 100.0, digits: int = 2) -> str:
-        """``mean ± std`` scaled (accuracies as %), or ``—`` without values."""
-        if self.mean is None or self.std is None:
+        """``mean ± std`` scaled (accuracies as %); ``mean (n=1)`` for one value (no spread to
+        show); ``—`` without values."""
+        if self.mean is None:
             return "—"
+        if self.std is None:
+            return f"{self.mean * scale:.{digits}f} (n=1)"
         return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}"
 
 
