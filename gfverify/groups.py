@@ -23,7 +23,12 @@ A layer torch-pruning's graph cannot prune with its neighbours (its channels mee
 conv, a PReLU, a bare parameter such as a ViT's ``class_token`` or ConvNeXt's
 ``layer_scale``, a reshape it cannot map such as ShuffleNet's channel shuffle, an
 ``nn.MultiheadAttention``) is left out with a one-line reason naming the user's module or
-parameter (:func:`unprunable`); the rest of the model is still scored and pruned.
+parameter (:func:`unprunable`); the rest of the model is still scored and pruned. Two
+torch-pruning limits are handled here, not patched in it: a concatenation's input sizes are
+taken from the traced forward pass (its own backward inference gives up behind deep stacks,
+Swin-S/B; :func:`_concat_sizes_from_trace`), and a layer whose index map grows past
+:data:`INDEX_BUDGET` indices (Swin's window partitions) is left out with that reason: a count,
+so the plan is the same on every machine (:func:`_index_budget`).
 
 Coupling: layers whose outputs are added together (ResNet residual adds) share channel indices;
 :func:`coupled_groups` lists them, in forward order, the first one being the group's

@@ -396,8 +396,8 @@ def test_concat_behind_a_long_path_gets_its_sizes_from_the_trace():
 def test_index_budget_leaves_a_layer_out_loudly_and_the_same_on_every_machine(monkeypatch):
     """A layer whose index map passes :data:`gfverify.groups.INDEX_BUDGET` (a count, not a
     clock) is left out with a reason naming it and the budget; the others are unaffected.
-    conv (4 channels) -> flatten (stride 16) -> Linear: the conv's group maps about 4 + 2·64 indices,
-    the Linear's 2."""
+    conv (4 channels) -> flatten (stride 16) -> Linear: the conv's group maps about
+    4 + 2·64 indices, the Linear's 2."""
     import gfverify.groups as groups_mod
 
     model = _Wrap(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(64, 2))

@@ -2,9 +2,9 @@
 
 One line per (dataset, network, width, target ratio): the unpruned base accuracy and, per
 importance measure, the final-epoch test accuracy, each ``mean ± std`` over seeds with
-``mean = Σx_i/n`` and ``std = sqrt(Σ(x_i − mean)²/(n − 1))`` (none for n = 1: shown as ``mean (n=1)``). A run is a
-baseline when ``prune.ratio == 0`` (whatever its measure); it is matched to the pruned lines
-of the same dataset, network and width.
+``mean = Σx_i/n`` and ``std = sqrt(Σ(x_i − mean)²/(n − 1))`` (none for n = 1: shown as
+``mean (n=1)``). A run is a baseline when ``prune.ratio == 0`` (whatever its measure); it is
+matched to the pruned lines of the same dataset, network and width.
 
 Beside it, per (line, measure), the details the paper's layout lists: n, final test accuracy,
 the best epoch **chosen on the held-out validation split only** (its validation accuracy and
