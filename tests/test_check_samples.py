@@ -23,19 +23,11 @@ from gfverify.flow import LossSpec
 
 
 def issue_net() -> nn.Module:
-    """The net of issue 12: 930 parameters."""
+    """The net of issue 12 (930 parameters; one definition, in the check benchmark), seeded."""
+    from benchmarks.bench_check import issue12_net
+
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=2, padding=1),
-        nn.BatchNorm2d(8),
-        nn.Tanh(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1),
-        nn.BatchNorm2d(8),
-        nn.Tanh(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8, 10),
-    )
+    return issue12_net()
 
 
 @pytest.fixture(scope="module")

@@ -16,28 +16,9 @@ import pytest
 from gfverify.cli import main
 from gfverify.config import expand_grid
 from gfverify.runs import read_status, run_path
+from tests.test_sweep_cli import GRID, _importable_from_workers  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
-
-GRID = """
-    [train]
-    epochs = 3
-    lrs = [0.1]
-    lr_epochs = [3]
-    [prune]
-    rounds = 1
-    [model]
-    name = "vgg13"
-    [sweep]
-    "measure.name" = ["magnitude", "grasp"]
-    seed = [0, 1]
-"""
-
-
-@pytest.fixture(autouse=True)
-def _importable_from_workers(monkeypatch):
-    path = os.environ.get("PYTHONPATH", "")
-    monkeypatch.setenv("PYTHONPATH", f"{REPO}{os.pathsep}{path}" if path else str(REPO))
 
 
 @pytest.fixture
