@@ -83,22 +83,29 @@ def test_the_report_reads_error_and_skipped_records(fake_claims, tmp_path):
 SLOW_CHECK = textwrap.dedent(
     """
     import sys, time
+    from pathlib import Path
     from gfverify import cli
     from gfverify.claims.base import CLAIMS, Claim, load_all_claims
     load_all_claims()
+    def gate(ctx):  # holds the check until the test has seen the file before any claim ended
+        while not Path(sys.argv[2]).exists():
+            time.sleep(0.02)
+        return []
     def slow(ctx):
         time.sleep(120)
         return []
+    CLAIMS["ZZGATE"] = Claim("ZZGATE", "waits for the test", "identity", gate, "test")
     CLAIMS["ZZSLOW"] = Claim("ZZSLOW", "sleeps", "identity", slow, "test")
-    sys.exit(cli.main(["check", "--claims", "P1,ZZSLOW,P2", "--json", sys.argv[1], "--quiet"]))
+    argv = ["check", "--claims", "ZZGATE,P1,ZZSLOW,P2", "--json", sys.argv[1], "--quiet"]
+    sys.exit(cli.main(argv))
     """
 )
 
 
 def test_kill_9_mid_check_leaves_valid_json_of_the_claims_done(tmp_path):
-    out = tmp_path / "claims.json"
+    out, gate = tmp_path / "claims.json", tmp_path / "gate"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_CHECK, str(out)],
+        [sys.executable, "-c", SLOW_CHECK, str(out), str(gate)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -110,7 +117,8 @@ def test_kill_9_mid_check_leaves_valid_json_of_the_claims_done(tmp_path):
             if out.exists():
                 data = json.loads(out.read_text())  # valid at every moment we look
                 seen.append(len(data["results"]))
-                if data["claims_done"] == ["P1"]:
+                gate.touch()
+                if data["claims_done"] == ["ZZGATE", "P1"]:
                     break
             assert proc.poll() is None, "the check ended before it was killed"
             time.sleep(0.05)
@@ -124,7 +132,8 @@ def test_kill_9_mid_check_leaves_valid_json_of_the_claims_done(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     data = json.loads(out.read_text())
     assert data["complete"] is False
-    assert data["claims_done"] == ["P1"] and data["claims_pending"] == ["ZZSLOW", "P2"]
+    assert data["claims_done"] == ["ZZGATE", "P1"]
+    assert data["claims_pending"] == ["ZZSLOW", "P2"]
     assert len(data["results"]) == 24 and {r["verdict"] for r in data["results"]} == {"pass"}
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert seen[0] == 0  # an empty but valid file exists from the start
