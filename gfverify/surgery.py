@@ -331,6 +331,7 @@ def _remove(
     before = {}
     for tname in touched:
         before.update(_own_tensors(model.get_submodule(tname), tname))
+    conv_groups = {t: getattr(model.get_submodule(t), "groups", 1) for t in touched}
     group.prune(record_history=False)
     params = dict(model.named_parameters())
     for tname, idxs in touched.items():
@@ -342,13 +343,14 @@ def _remove(
                 if o == n:
                     continue
                 gone = set(idxs)
-                if o - n == len(idxs):
-                    keep_local = [i for i in range(o) if i not in gone]
-                elif o - n == len(idxs) // fgroup.channel_groups:
-                    # grouped conv input: the weight holds one group's channels (in/groups)
-                    keep_local = [i for i in range(o) if i not in gone]
-                else:
+                if dim == 1 and conv_groups[tname] > 1 and o * conv_groups[tname] > max(gone):
+                    # grouped conv input: dim 1 holds one group's o = C_in / G channels, and
+                    # channel c is local position c mod o of group c // o; the cut takes the
+                    # same local positions in every group
+                    gone = {i % o for i in gone}
+                if o - n != len(gone):
                     raise ModelError(f"unexpected cut of {pname!r} along dim {dim}")
+                keep_local = [i for i in range(o) if i not in gone]
                 if pname in params:
                     ps = kept.setdefault(pname, ParamSurgery())
                     prev = ps.kept.get(dim, list(range(o)))

@@ -221,6 +221,12 @@ def test_unprunable_layer_is_left_out_with_a_reason_naming_the_module(layers, sk
             "body.1",
             4,
         ),
+        (  # a grouped conv feeding a grouped conv with other groups: its unit spans both
+            [nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, groups=4), nn.Conv2d(16, 8, 3, groups=2)]
+            + [nn.Flatten(), nn.LazyLinear(2)],
+            "body.1",
+            4,
+        ),
         ([nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(2)], "body.0", 2),
         ([nn.Flatten(), nn.Linear(108, 6), nn.LayerNorm(6), nn.Linear(6, 2)], "body.1", 1),
     ],

@@ -86,6 +86,65 @@ def test_metapruner_removes_what_gfverify_surgery_removes(arch, width, measure):
         assert torch.equal(sa[k], sb[k]), k
 
 
+class _GroupedChain(nn.Module):
+    """conv -> grouped conv (4 groups) -> grouped conv (2 groups) -> linear, with BatchNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.BatchNorm2d(16)
+        self.c3, self.b3 = nn.Conv2d(16, 24, 3, padding=1, groups=2), nn.BatchNorm2d(24)
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        for conv, bn in ((self.c1, self.b1), (self.c2, self.b2), (self.c3, self.b3)):
+            x = torch.relu(bn(conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(
+    "measure, ratio", [("magnitude", 0.4), ("taylor_fo", 0.4), ("gradient_norm_preservation", 0.5)]
+)
+def test_metapruner_on_grouped_convs_removes_the_units_gfverify_ranks_lowest(measure, ratio):
+    """On grouped convs a filter unit is G channels (one per group, :mod:`gfverify.groups`).
+    Whatever number of units MetaPruner's global threshold takes from each layer, with our
+    Importance they are the ones gfverify ranks lowest in that layer, and the model equals
+    gfverify's surgery removing those same units, bit for bit."""
+    torch.manual_seed(2)
+    model = _GroupedChain().double().eval()
+    batches = _data(size=8)
+    x = batches[0][0][:1]
+    ours, theirs = copy.deepcopy(model), copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(
+            theirs,
+            x,
+            importance=Importance(measure, batches, samples=10),
+            pruning_ratio=ratio,
+            global_pruning=True,
+            ignored_layers=[theirs.fc],
+        )
+        pruner.step()
+    from gfverify.groups import analyze
+
+    groups = analyze(ours, x).groups
+    scores = score(ours, measure, batches, "filter", samples=10)
+    plan = {}
+    for name in ("c1", "c2", "c3"):
+        units = groups[name].channel_groups
+        gone = model.get_submodule(name).out_channels - theirs.get_submodule(name).out_channels
+        assert gone % units == 0  # Torch-Pruning removes whole units too
+        plan[name] = torch.sort(torch.argsort(scores[name], stable=True)[: gone // units]).values
+    assert sum(v.numel() for v in plan.values()) > 0
+    prune(ours, plan=plan, example_input=x)
+    sa, sb = theirs.state_dict(), ours.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].shape == sb[k].shape, k
+        assert torch.equal(sa[k], sb[k]), k
+
+
 def test_importance_gives_none_for_groups_gfverify_does_not_rank():
     model = build_model("vgg13", 10, 0.0625).double().eval()
     batches = _data()
