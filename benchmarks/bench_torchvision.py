@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -224,6 +225,11 @@ def run_check(name: str, size: int, claims: str = CLAIMS, timeout: int = CHECK_T
     return rec
 
 
+def _load_average() -> float:
+    """The 1-minute load average when a step ended (timeouts on a shared machine say so)."""
+    return round(os.getloadavg()[0], 1)
+
+
 def _models() -> list[str]:
     import torchvision
 
@@ -260,6 +266,10 @@ def table(names: list[str]) -> dict[str, Any]:
             else f"{r.get('macs_before', '')}"
         )
         reason = r.get("reason") or r.get("check_reason") or ""
+        checked = r.get("check_reason") and not r.get("reason")
+        load = r.get("check_load") if checked else r.get("load")
+        if "timed out" in reason and load is not None:
+            reason += f" (1-min load average {load} on 2 cores)"
         lines.append(
             f"| {r['model']} | {r.get('input_size', '')} | {r.get('check_exit', '')} | "
             f"{verdicts} | {r.get('check_wall_s', '')} | {r.get('prunable_filters', '')} | "
@@ -310,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-done", action="store_true")
     ap.add_argument("--claims", default=CLAIMS)
     ap.add_argument("--reverse", action="store_true", help="models in reverse order")
+    ap.add_argument(
+        "--retry-timeouts", action="store_true", help="with --skip-done: redo steps that timed out"
+    )
+    ap.add_argument("--probe-timeout", type=int, default=PROBE_TIMEOUT)
+    ap.add_argument("--check-timeout", type=int, default=CHECK_TIMEOUT)
     args = ap.parse_args(argv)
     if args.probe_one:
         print(json.dumps(probe(args.probe_one)))
@@ -318,14 +333,21 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in args.only.split(",") if n] or _models()
     for name in reversed(names) if args.reverse else names:
         rec = _load(name)
-        if args.phase in ("probe", "all") and not (args.skip_done and "probe_wall_s" in rec):
+        probe_done = "probe_wall_s" in rec and not (
+            args.retry_timeouts and "timed out" in str(rec.get("reason", ""))
+        )
+        if args.phase in ("probe", "all") and not (args.skip_done and probe_done):
             check_keys = {k: v for k, v in rec.items() if k.startswith("check")}
-            rec = {**run_probe(name), **check_keys}
+            rec = {**run_probe(name, args.probe_timeout), **check_keys, "load": _load_average()}
             _save(rec)
             print(name, "probe", rec.get("reason", "ok"), rec["probe_wall_s"], flush=True)
-        if args.phase in ("check", "all") and not (args.skip_done and "check_wall_s" in rec):
+        check_done = "check_wall_s" in rec and not (
+            args.retry_timeouts and "timed out" in str(rec.get("check_reason", ""))
+        )
+        if args.phase in ("check", "all") and not (args.skip_done and check_done):
             if rec.get("input_size") and "not run" not in str(rec.get("reason", "")):
-                rec.update(run_check(name, rec["input_size"], args.claims))
+                rec.update(run_check(name, rec["input_size"], args.claims, args.check_timeout))
+                rec["check_load"] = _load_average()
             else:
                 rec.update({"check_exit": None, "check_reason": "not run (see reason)"})
             _save(rec)

@@ -232,7 +232,7 @@ def _trace(
         if isinstance(m, _ConvNd | nn.Linear)
     ]
     try:
-        with _tracing(model), _concat_sizes_from_trace() as sizes:
+        with _tracing(model), _concat_sizes_from_trace() as sizes, _ShuffleRecorder() as sh:
             with _tolerant_reshape_mapping(sizes) as unmapped:
                 graph = tp.DependencyGraph().build_dependency(
                     model, example_inputs=(x,), verbose=False
@@ -240,6 +240,7 @@ def _trace(
     finally:
         for h in hooks:
             h.remove()
+    unmapped += [n for n in graph.module2node.values() if n.grad_fn in sh.shuffles]
     graph._gfverify_unmapped = _unmapped_region(unmapped)
     return graph, tuple(order)
 
@@ -265,6 +266,55 @@ class _CatSizeRecorder(TorchFunctionMode):
             if all(isinstance(t, Tensor) and t.requires_grad for t in tensors):
                 self.sizes[out.grad_fn] = [int(t.shape[dim]) for t in tensors]
         return out
+
+
+_SPLITS = (torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.unflatten)
+_SWAPS = (torch.Tensor.transpose, torch.transpose, torch.Tensor.permute, torch.permute)
+
+
+class _ShuffleRecorder(TorchFunctionMode):
+    """Finds the channel shuffles of the traced forward pass: a reshape that splits the channel
+    dimension C into (G, C/G) (``view(b, G, C/G, ...)``, G, C/G > 1) whose result then has those
+    two dimensions swapped (``transpose(1, 2)`` or a permute that reorders them). Channel c of
+    the input lands at position (c mod C/G)·G + c div (C/G): a permutation torch-pruning's index
+    maps do not model (they treat the view pair as a flatten, silently, or divide by zero), so
+    :func:`_trace` marks both ops as unmapped and :func:`analyze` leaves out the layers whose
+    channels pass through them. ``shuffles``: the ``grad_fn`` of both ops of each shuffle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._splits: set = set()
+        self.shuffles: set = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        src = args[0] if args else None
+        if not (isinstance(out, Tensor) and isinstance(src, Tensor) and out.grad_fn is not None):
+            return out
+        if func in _SPLITS and src.dim() >= 2 and out.dim() == src.dim() + 1:
+            a, b = out.shape[1], out.shape[2]
+            if a > 1 and b > 1 and a * b == src.shape[1] and out.shape[3:] == src.shape[2:]:
+                self._splits.add(out.grad_fn)
+        elif func in _SWAPS and src.grad_fn in self._splits:
+            order = _dim_order(func, src.dim(), args[1:], kwargs or {})
+            if order is not None and order.index(1) > order.index(2):
+                self.shuffles |= {src.grad_fn, out.grad_fn}
+        return out
+
+
+def _dim_order(func, ndim: int, args: tuple, kwargs: dict) -> list[int] | None:  # noqa: ANN001
+    """The source dimension at each output position of a transpose/permute call; ``None`` if
+    the arguments are not plain integers."""
+    try:
+        if func in (torch.Tensor.permute, torch.permute):
+            dims = args[0] if len(args) == 1 else args or kwargs["dims"]
+            return [int(d) % ndim for d in dims]
+        d0, d1 = args if len(args) == 2 else (kwargs["dim0"], kwargs["dim1"])
+        order = list(range(ndim))
+        order[int(d0) % ndim], order[int(d1) % ndim] = int(d1) % ndim, int(d0) % ndim
+        return order
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @contextmanager
@@ -558,7 +608,7 @@ def _layer_group(
             what = (
                 "a concatenation whose input sizes torch-pruning could not infer"
                 if isinstance(tmod, tp.ops._ConcatOp)
-                else "a reshape that torch-pruning cannot map (a channel shuffle?)"
+                else "a reshape that torch-pruning cannot map (e.g. a channel shuffle)"
             )
             return (
                 f"layer {name!r}: its channels pass through {what} at {_what(graph, target, names)}"

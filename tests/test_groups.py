@@ -3,6 +3,8 @@ small nets and the official tiny nets; unsupported layers; flags left untouched.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -283,16 +285,44 @@ def test_class_token_is_named_not_a_torch_pruning_op():
     assert "mlp_in" in filter_groups(model, x)
 
 
-def test_channel_shuffle_is_left_out_not_a_zero_division():
-    """torchvision's shufflenet: its channel shuffles make torch-pruning's index map divide by
-    zero; those layers are left out with a reason, the branch-internal ones stay prunable."""
-    import torchvision
+def _shufflenet_mini() -> nn.Module:
+    """A stem and two of torchvision's ShuffleNetV2 blocks (a downsampling one, then one that
+    splits its input in half): each ends in a channel shuffle, view → transpose → view."""
+    from torchvision.models.shufflenetv2 import InvertedResidual
 
-    model = torchvision.models.shufflenet_v2_x0_5(num_classes=10).eval()
-    x = torch.randn(1, 3, 32, 32)
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        InvertedResidual(8, 16, 2), InvertedResidual(16, 16, 1),
+        nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    ).double().eval()  # fmt: skip
+
+
+def test_channel_shuffle_is_left_out_with_a_reason_naming_the_module():
+    """torch-pruning maps a channel shuffle's view pair as if it kept channel order (or divides
+    by zero): pruning a layer whose channels pass through one broke the model. Those layers
+    are left out, each with a one-line reason naming it."""
+    model = _shufflenet_mini()
+    reasons = unprunable(model, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    assert set(reasons) == {"3.branch1.2", "3.branch2.5", "4.branch2.5"}
+    for name, why in reasons.items():
+        assert f"'{name}'" in why and "channel shuffle" in why and "\n" not in why
+
+
+def test_layers_around_a_channel_shuffle_prune_like_zeroing():
+    model = _shufflenet_mini()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     info = analyze(model, x)
-    assert info.skipped and all("\n" not in r for r in info.skipped.values())
-    assert "stage2.0.branch2.0" in info.groups
+    names = [n for n in info.groups if n not in info.output_layers]
+    assert names == ["0", "3.branch2.0", "4.branch2.0", "5"]
+    for name in names:
+        pruned = copy.deepcopy(model)
+        plan = {name: [0]}
+        with torch.no_grad(), pruning_reference(pruned, plan, x) as ref:
+            expected = ref(x)
+        prune_filters(pruned, plan, x)
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x), expected, rtol=1e-12, atol=1e-12)
 
 
 class _BareScale(nn.Module):
