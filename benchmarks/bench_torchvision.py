@@ -218,11 +218,29 @@ def run_check(name: str, size: int, claims: str = CLAIMS, timeout: int = CHECK_T
         except (json.JSONDecodeError, OSError):
             pass
     rec["check_verdicts"] = counts
-    if code is None:
-        rec["check_reason"] = f"check timed out after {timeout} s"
-    elif code != 0:
-        rec["check_reason"] = _last_line(err) or _last_line(out)
+    rec["check_reason"] = _check_reason(code, js, err, out, timeout)
     return rec
+
+
+def _check_reason(code: int | None, js: Path, err: str, out: str, timeout: int) -> str | None:
+    """Why a check did not exit 0: a timeout, the claims that failed (exit 1) or errored, or
+    the last line it printed; ``None`` for exit 0."""
+    if code == 0:
+        return None
+    if code is None:
+        return f"check timed out after {timeout} s"
+    try:
+        results = json.loads(js.read_text()).get("results", [])
+    except (OSError, json.JSONDecodeError):
+        results = []
+    bad = [
+        f"{r['id']} {r['verdict']}: {r.get('details', {}).get('reason', '')}"
+        if r.get("verdict") == "error"
+        else f"{r['id']} {r['verdict']} ({r.get('case')})"
+        for r in results
+        if r.get("verdict") in ("fail", "error")
+    ]
+    return "; ".join(bad)[:300] if bad else (_last_line(err) or _last_line(out))
 
 
 def _load_average() -> float:

@@ -138,12 +138,20 @@ class GraphInfo:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+#: set by :mod:`gfverify.surgery` on a depthwise conv it cuts: pruned to one channel, it has
+#: ``groups == 1`` and would otherwise look like an ordinary 1 → 1 conv
+DEPTHWISE_ATTR = "_gfverify_depthwise"
+
+
 def is_depthwise(module: nn.Module) -> bool:
-    """A conv with ``groups == in_channels == out_channels > 1`` (one filter per channel)."""
+    """A conv with ``groups == in_channels == out_channels > 1`` (one filter per channel), or
+    one that was depthwise before surgery cut it to a single channel (:data:`DEPTHWISE_ATTR`:
+    MobileNet's first depthwise conv when the official floor int(0.05·8) + 1 = 1 leaves its
+    producer one filter)."""
     return (
         isinstance(module, _ConvNd)
         and not module.transposed
-        and module.groups > 1
+        and (module.groups > 1 or getattr(module, DEPTHWISE_ATTR, False))
         and module.groups == module.in_channels == module.out_channels
     )
 

@@ -53,11 +53,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from gfverify.errors import CheckpointError, ConfigError, ModelError
 from gfverify.groups import (
+    DEPTHWISE_ATTR,
     FilterGroup,
     GraphInfo,
     analyze,
     analyze_with_graph,
     default_example_input,
+    is_depthwise,
     is_producer,
     pruning_group,
 )
@@ -331,6 +333,8 @@ def _remove(
     before = {}
     for tname in touched:
         before.update(_own_tensors(model.get_submodule(tname), tname))
+        if is_depthwise(model.get_submodule(tname)):  # stays tied even when cut to 1 channel
+            setattr(model.get_submodule(tname), DEPTHWISE_ATTR, True)
     conv_groups = {t: getattr(model.get_submodule(t), "groups", 1) for t in touched}
     group.prune(record_history=False)
     params = dict(model.named_parameters())

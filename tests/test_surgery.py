@@ -543,3 +543,18 @@ def test_public_prune_leaves_out_unprunable_layers_with_reasons():
     plan = plan_pruning(model, scores, 0.5, example_input=x, min_keep=1)
     assert "'1'" in plan.skipped["0"] and "0" not in plan.plan
     assert set(plan.plan) <= {"2", "4"} and plan.n_selected == int(0.5 * 11)
+
+
+def test_depthwise_conv_cut_to_one_channel_stays_tied_to_its_producer():
+    """MobileNet-V1 x0.25's stem has 8 filters and the official floor int(0.05 * 8) + 1 = 1: a
+    round may leave it one filter, and its depthwise conv then has groups = 1 like an ordinary
+    1 -> 1 conv. It must stay tied to the stem, not become a layer of its own (the Table 1
+    sweep's MobileNet GraSP run failed with "layer 'blocks.0.dw' has no floor")."""
+    model = build_model("mobilenet_v1", 10, 0.25, in_channels=1).eval()
+    x = torch.randn(1, 1, 32, 32)
+    width = model.stem.conv.out_channels
+    prune_filters(model, {"stem.conv": list(range(width - 1))}, x)
+    assert model.blocks[0].dw.groups == model.blocks[0].dw.out_channels == 1
+    groups = filter_groups(model, x)
+    assert "blocks.0.dw" not in groups
+    assert "blocks.0.dw" in groups["stem.conv"].tied
