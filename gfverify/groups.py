@@ -240,15 +240,15 @@ def _trace(
         if isinstance(m, _ConvNd | nn.Linear)
     ]
     try:
+        graph = tp.DependencyGraph()
         with _tracing(model), _concat_sizes_from_trace() as sizes, _ShuffleRecorder() as sh:
-            with _tolerant_reshape_mapping(sizes, sh.shuffles) as unmapped:
-                graph = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=(x,), verbose=False
-                )
+            # filled during the forward pass, read when the index maps are built after it
+            graph._gfverify_shuffles = sh.shuffles
+            with _tolerant_reshape_mapping(sizes) as unmapped:
+                graph.build_dependency(model, example_inputs=(x,), verbose=False)
     finally:
         for h in hooks:
             h.remove()
-    graph._gfverify_shuffles = sh.shuffles
     unmapped += [n for n in graph.module2node.values() if n.grad_fn in sh.shuffles]
     graph._gfverify_unmapped = _unmapped_region(unmapped)
     return graph, tuple(order)
@@ -345,25 +345,24 @@ def _concat_sizes_from_trace() -> Iterator[dict]:
 
 
 @contextmanager
-def _tolerant_reshape_mapping(
-    cat_sizes: dict | None = None, shuffles: set | frozenset = frozenset()
-) -> Iterator[list]:
+def _tolerant_reshape_mapping(cat_sizes: dict | None = None) -> Iterator[list]:
     """While active, a reshape or concat whose channel index map torch-pruning cannot compute
     (it raises, e.g. ``ZeroDivisionError`` on a channel shuffle ``view(b, g, c/g, h, w)``, or
     ``TypeError`` on a concat whose input sizes it could not infer) is recorded in the yielded
     list instead of aborting the trace; :func:`analyze` then leaves out every layer whose
     channels pass through it. ``cat_sizes`` (from :func:`_concat_sizes_from_trace`) gives a
     concat node its exact input sizes before torch-pruning tries to infer them. A reshape of a
-    channel shuffle (its ``grad_fn`` in ``shuffles``, or in the graph's own record of them) gets
-    no index map at all: the flatten map torch-pruning would build is wrong for a permutation
-    and multiplies the indices on every pass (ShuffleNetV2 x0.5: minutes per analysis)."""
+    channel shuffle (its ``grad_fn`` in the graph's ``_gfverify_shuffles``, recorded by
+    :class:`_ShuffleRecorder` during the trace) gets no index map at all: the flatten map
+    torch-pruning would build is wrong for a permutation and multiplies the indices on every
+    pass (ShuffleNetV2 x0.5: 84 s per analysis under load 3, 6 s without it)."""
     failed: list = []
     original = tp_index_mapping.update_reshape_index_mapping
     original_cat = tp_index_mapping.update_concat_index_mapping
     errors = (ZeroDivisionError, ValueError, RuntimeError, IndexError, TypeError)
 
     def tolerant(graph: tp.DependencyGraph, node: tp.dependency.Node) -> None:
-        if node.grad_fn in shuffles or node.grad_fn in getattr(graph, "_gfverify_shuffles", ()):
+        if node.grad_fn in getattr(graph, "_gfverify_shuffles", ()):
             return
         try:
             original(graph, node)

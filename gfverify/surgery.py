@@ -347,7 +347,7 @@ def _remove(
                 if o == n:
                     continue
                 gone = set(idxs)
-                if dim == 1 and conv_groups[tname] > 1 and o * conv_groups[tname] > max(gone):
+                if dim == 1 and conv_groups[tname] > 1:
                     # grouped conv input: dim 1 holds one group's o = C_in / G channels, and
                     # channel c is local position c mod o of group c // o; the cut takes the
                     # same local positions in every group
