@@ -527,15 +527,21 @@ def random_plan(
     Every prunable layer with 2 or more filters gets ``int(fraction · filters)`` distinct
     random indices, or a uniformly random count in [0, filters − 1] when ``fraction`` is None.
     In ``full`` mode only the representative (first member) of a coupled group is planned,
-    since :func:`prune_filters` removes its channels from every member. Raises ModelError
-    when the model has no prunable layer.
+    since :func:`prune_filters` removes its channels from every member; in ``paper`` mode a
+    coupled layer whose channels reach a grouped conv is not planned, since paper mode masks
+    coupled layers and a mask over grouped channels is not supported. Raises ModelError when
+    the model has no prunable layer.
     """
     if fraction is not None and not 0.0 <= fraction < 1.0:
         raise ConfigError(f"plan fraction must lie in [0, 1), got {fraction!r}")
     info = analyze(model, example_input)
     if not set(info.groups) - info.output_layers:
         raise ModelError(f"model {type(model).__name__} has no prunable layer")
-    skip = {n for grp in info.coupled for n in grp[1:]} if mode == "full" else set()
+    if mode == "full":
+        skip = {n for grp in info.coupled for n in grp[1:]}
+    else:
+        coupled = {n for grp in info.coupled for n in grp}
+        skip = {n for n in coupled if info.groups[n].channel_groups > 1}
     plan = {}
     for name, group in info.groups.items():
         if name in info.output_layers or name in skip or group.num_filters < 2:

@@ -62,7 +62,11 @@ def test_P2_pruned_model_equals_zeroed_model_on_the_builtin_nets():
     for r in results:
         assert r.passed, r.details
         assert r.details["filters_planned"] > 0
-        assert 0 < r.tolerance < 1e-14 * max(1.0, r.details["output_scale"])
+        # the bound is at float32 rounding (u32 = 6e-8) of the output ...
+        assert 0 < r.tolerance < 1e-5 * max(1.0, r.details["output_scale"])
+        # ... while the measured error stays at float64 rounding, 2^29 times finer: the bound's
+        # slack hides no error (2^9 of that factor left to the float64 error's fluctuation)
+        assert r.error <= r.tolerance * 2.0**-20
 
 
 def test_P2_fails_when_surgery_removes_the_wrong_filters(monkeypatch):
@@ -133,3 +137,26 @@ def test_P2_on_a_model_gfverify_cannot_prune_is_a_one_line_error(capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert "no prunable layer" in err and len(err.splitlines()) == 1, err
+
+
+def _mnasnet0_75() -> nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.mnasnet0_75(num_classes=10).eval()
+
+
+def test_P2_bound_holds_on_a_torchvision_net_with_depthwise_bn_and_residual_adds(tmp_path):
+    """torchvision's MnasNet-0.75 at 3×32×32, the torchvision record's input: the record's run
+    (unseeded init) had a false failure under P2's old tolerance, an estimate (the float64
+    error was 1.1× it). Here, seeded: every case is within the bound and still informative
+    (the plan's effect above the bound), so a wrong surgery could fail it."""
+    out_json = tmp_path / "p2.json"
+    factory = "tests.test_pruning_claims:_mnasnet0_75"
+    argv = ["check", "--claims", "P2", "--quiet", "--model", factory, "--input-shape", "3,32,32"]
+    code = main([*argv, "--num-classes", "10", "--json", str(out_json)])
+    records = json.loads(out_json.read_text())["results"]
+    assert code == 0, records
+    assert len(records) == len(pruning_claims.MODES) * len(pruning_claims.PLAN_SEEDS)
+    for r in records:
+        assert r["passed"] and r["details"]["informative"], r

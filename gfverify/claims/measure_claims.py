@@ -161,29 +161,35 @@ def reference_scores(problem: FlowProblem, name: str) -> dict[str, Tensor]:
 
         W = flat(params)
         G = W if data_free else flat(g)
+        # Per output channel: the formula's sum over the filter's weights, then (for a layer
+        # whose channels reach a grouped conv) the sum over the channels of one filter unit,
+        # then the formula's outer function.
         if name == "magnitude":
-            v = W.pow(2).sum(1).sqrt()
+            c, outer = W.pow(2).sum(1), torch.sqrt
         elif name == "l1":
-            v = W.abs().sum(1)
+            c, outer = W.abs().sum(1), None
         elif name == "loss_preservation":
-            v = (W * G).abs().sum(1)
+            c, outer = (W * G).abs().sum(1), None
         elif name == "taylor_fo":
-            v = (W * G).sum(1).abs()
+            c, outer = (W * G).sum(1), torch.abs
         elif name == "biased_loss_preservation":
-            v = (W.pow(2) * G).abs().sum(1)
+            c, outer = (W.pow(2) * G).abs().sum(1), None
         elif name == "grasp":
-            v = (W * flat(hg)).sum(1)
+            c, outer = (W * flat(hg)).sum(1), None
         elif name == "gradient_norm_preservation":
-            v = (W * flat(hg)).sum(1).abs()
+            c, outer = (W * flat(hg)).sum(1), torch.abs
         elif name == "fisher":
-            v = (W.pow(2) * flat(s)).sum(1)
+            c, outer = (W.pow(2) * flat(s)).sum(1), None
         elif name == "bn_fisher":
             gam, bet = params[group.bn_weight].detach(), params[group.bn_bias].detach()
-            v = gam**2 * s[group.bn_weight] + bet**2 * s[group.bn_bias]
+            c, outer = gam**2 * s[group.bn_weight] + bet**2 * s[group.bn_bias], None
         elif name == "bn_scale":
-            v = params[group.bn_weight].detach().abs()
+            c, outer = params[group.bn_weight].detach().abs(), None
         else:
             raise KeyError(name)
+        if group.channel_groups > 1:
+            c = c.reshape(group.channel_groups, group.num_filters).sum(dim=0)
+        v = c if outer is None else outer(c)
         out[lname] = v
     return out
 
