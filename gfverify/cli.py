@@ -51,6 +51,7 @@ def environment() -> dict:
     import torch
 
     from gfverify import __version__
+    from gfverify.runs import cpu_model
 
     try:
         commit = subprocess.run(
@@ -71,6 +72,8 @@ def environment() -> dict:
         "platform": platform.platform(),
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "git_commit": commit or None,
     }
 

@@ -92,6 +92,7 @@ DETERMINISM_KEYS = (
     "matmul_allow_tf32",
     "cudnn_allow_tf32",
     "num_threads",
+    "cpu_capability",
 )
 
 
@@ -140,6 +141,18 @@ def _version(dist: str) -> str | None:
         return None
 
 
+@lru_cache(maxsize=1)
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``), or None."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment(config: RunConfig | None = None) -> dict[str, Any]:
     """Versions, host, git commit and (if torch is imported) device and determinism flags.
 
@@ -149,6 +162,7 @@ def environment(config: RunConfig | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hostname": socket.gethostname(),
+        "cpu": cpu_model(),
         "pid": os.getpid(),
         "time": _now(),
         "torch": _version("torch"),
@@ -178,6 +192,9 @@ def environment(config: RunConfig | None = None) -> dict[str, Any]:
                 "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
                 "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
                 "num_threads": torch.get_num_threads(),
+                # the SIMD kernels ATen dispatched to (ATEN_CPU_CAPABILITY overrides): runs on
+                # different kernels round differently, and training trajectories diverge
+                "cpu_capability": _cpu_capability(),
             }
         except Exception as exc:  # noqa: BLE001 - the record must never break a run
             env["determinism_error"] = f"{type(exc).__name__}: {exc}"
@@ -377,6 +394,8 @@ class RunDir:
                 "from_epoch": start,
                 "num_threads": threads,
                 "hostname": socket.gethostname(),
+                "cpu": cpu_model(),
+                "cpu_capability": _cpu_capability(),
                 "time": _now(),
             }
         )
@@ -421,6 +440,14 @@ def update_env(run_dir: str | Path, **fields: Any) -> None:
     if reported:  # one truth: the determinism block agrees with what the run reported
         env["determinism"] = {**(env.get("determinism") or {}), **reported}
     gio.atomic_write_json(path, env)
+
+
+def _cpu_capability() -> str | None:
+    """The SIMD level of ATen's CPU kernels if torch is imported, else None."""
+    torch = sys.modules.get("torch")
+    with contextlib.suppress(Exception):
+        return str(torch.backends.cpu.get_cpu_capability()) if torch is not None else None
+    return None
 
 
 def _thread_count() -> int | None:

@@ -163,6 +163,10 @@ def test_fresh_run_writes_the_layout_and_second_call_skips(tmp_path):
     env = gio.read_json(path / "env.json")
     assert env["python"] and env["torch"] == torch.__version__.split("+")[0]
     assert "hostname" in env and "git_commit" in env and "determinism" in env
+    # the SIMD kernels the run computed with: runs on other kernels round differently
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert env["determinism"]["cpu_capability"] == capability
+    assert [s["cpu_capability"] for s in env["segments"]] == [capability]
 
     again = execute(cfg, tmp_path, train_fn=fake_train.train)
     assert again.status == "skipped" and again.result == res.result

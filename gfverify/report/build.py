@@ -690,6 +690,8 @@ def _environment(claims: Sequence[ClaimsFile], runs: Sequence[Run]) -> dict[str,
         for label, key in (("gfverify", "gfverify"), ("torch", "torch"), ("python", "python")):
             add(label, e.get(key), src)
         add("device", e.get("device"), src)
+        add("CPU", e.get("cpu"), src)
+        add("CPU kernels (ATen)", e.get("cpu_capability"), src)
         add("git commit", e.get("git_commit"), src)
         add("platform", e.get("platform"), src)
     for r in runs:
@@ -703,6 +705,9 @@ def _environment(claims: Sequence[ClaimsFile], runs: Sequence[Run]) -> dict[str,
             commit = f"{commit} (uncommitted changes)"
         add("git commit", commit, src)
         add("platform", e.get("platform"), src)
+        if r.device == "cpu" or str(r.device).startswith("cpu"):
+            add("CPU", e.get("cpu"), src)
+            add("CPU kernels (ATen)", (e.get("determinism") or {}).get("cpu_capability"), src)
     out: dict[str, list[str]] = {}
     for label, values in env.items():
         values = _merge_local_versions(values) if label in ("torch", "gfverify") else values
