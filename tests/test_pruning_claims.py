@@ -99,6 +99,13 @@ def test_P2_does_not_pass_where_pruning_cannot_change_the_output():
     assert case["error"] <= case["tolerance"] and case["effect"] == 0.0
     result = pruning_claims._p2_result("dead", "full", 0, case)
     assert not result.passed and result.details["informative"] is False
+    assert result.verdict == "inconclusive" and "cannot tell" in result.details["reason"]
+
+
+def test_P2_exceeding_the_bound_fails_even_where_the_effect_is_below_it():
+    case = {"error": 2e-9, "tolerance": 1e-9, "effect": 0.0}
+    result = pruning_claims._p2_result("m", "full", 0, case)
+    assert result.verdict == "fail"
 
 
 def _prunable_user_model() -> nn.Module:
@@ -154,7 +161,8 @@ def test_P2_bound_holds_on_a_torchvision_net_with_depthwise_bn_and_residual_adds
     out_json = tmp_path / "p2.json"
     factory = "tests.test_pruning_claims:_mnasnet0_75"
     argv = ["check", "--claims", "P2", "--quiet", "--model", factory, "--input-shape", "3,32,32"]
-    code = main([*argv, "--num-classes", "10", "--json", str(out_json)])
+    budget = ["--budget", "600"]  # all four cases, however loaded the machine
+    code = main([*argv, "--num-classes", "10", *budget, "--json", str(out_json)])
     records = json.loads(out_json.read_text())["results"]
     assert code == 0, records
     assert len(records) == len(pruning_claims.MODES) * len(pruning_claims.PLAN_SEEDS)
