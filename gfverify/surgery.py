@@ -74,13 +74,28 @@ MASK_ATTR = "channel_mask"
 
 class ChannelMask(nn.Module):
     """y = x · m, with a fixed 0/1 buffer ``m`` over dim 1 (channels). ``producer`` names the
-    producing layer whose channels it masks (a plain attribute, not saved)."""
+    producing layer whose channels it masks and ``channel_groups`` its
+    :attr:`~gfverify.groups.FilterGroup.channel_groups` G: filter unit k is the channels
+    {k + i·C/G} (plain attributes, not saved)."""
 
-    def __init__(self, num_channels: int, producer: str = "", dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        num_channels: int,
+        producer: str = "",
+        dtype: torch.dtype | None = None,
+        channel_groups: int = 1,
+    ):
         super().__init__()
         self.register_buffer("mask", torch.ones(num_channels, dtype=dtype))
         self.producer = producer
+        self.channel_groups = channel_groups
         self.bypass_in_trace = False  # set by gfverify.groups while tracing the graph
+
+    def masked_units(self) -> list[int]:
+        """The masked filter units (current positions): channel c belongs to unit c mod C/G,
+        and units are masked whole."""
+        unit = self.mask.numel() // self.channel_groups
+        return sorted({int(c) % unit for c in (self.mask == 0).nonzero().flatten().tolist()})
 
     def forward(self, x: Tensor) -> Tensor:
         if self.bypass_in_trace:
@@ -103,22 +118,25 @@ def _mask_point(model: nn.Module, group: FilterGroup) -> nn.Module:
     return model.get_submodule(group.bn if group.bn is not None else group.name)
 
 
-def _ensure_mask(point: nn.Module, producer: str, width: int, like: Tensor) -> ChannelMask:
+def _ensure_mask(point: nn.Module, group: FilterGroup, like: Tensor) -> ChannelMask:
     mask = getattr(point, MASK_ATTR, None)
     if mask is None:
-        mask = ChannelMask(width, producer, dtype=like.dtype).to(like.device)
+        mask = ChannelMask(
+            group.num_channels, group.name, dtype=like.dtype, channel_groups=group.channel_groups
+        ).to(like.device)
         point.add_module(MASK_ATTR, mask)
         point.register_forward_hook(_apply_channel_mask)
     return mask
 
 
 def masked_channels(model: nn.Module) -> dict[str, list[int]]:
-    """Producing layer name -> its masked channel indices (current positions), for layers that
-    carry a :class:`ChannelMask` with at least one zero."""
+    """Producing layer name -> its masked filters (current positions; for a layer whose
+    filters are units of G channels, the masked units), for layers that carry a
+    :class:`ChannelMask` with at least one zero."""
     out: dict[str, list[int]] = {}
     for _, m in model.named_modules():
         if isinstance(m, ChannelMask):
-            zero = (m.mask == 0).nonzero().flatten().tolist()
+            zero = m.masked_units()
             if zero:
                 out[m.producer] = zero
     return out
@@ -279,10 +297,6 @@ def _resolve(model: nn.Module, info: GraphInfo, plan: Plan, mode: str) -> tuple[
             continue
         grp = coupled_of.get(name)
         if grp is not None and mode == "paper":
-            if info.groups[name].channel_groups > 1:
-                raise ModelError(
-                    f"layer {name!r} has grouped channels; mask it with mode='full' instead"
-                )
             mask[name] = idx
         elif grp is not None and name != grp[0]:
             raise ModelError(
@@ -372,22 +386,24 @@ def _remove(
 def _mask(
     model: nn.Module, group: FilterGroup, idx: list[int], kept: dict[str, ParamSurgery]
 ) -> None:
-    """Zero the layer's rows, BN γ/β/mean (var := 1) at ``idx`` and set its mask to 0 there."""
+    """Zero the layer's rows, BN γ/β/mean (var := 1) at the channels of filters ``idx``
+    (:meth:`FilterGroup.channels`) and set its mask to 0 there."""
     producer = model.get_submodule(group.name)
-    t = torch.tensor(idx, dtype=torch.long, device=producer.weight.device)
+    channels = group.channels(idx)
+    t = torch.tensor(channels, dtype=torch.long, device=producer.weight.device)
     for pname in (group.weight, group.bias, group.bn_weight, group.bn_bias):
         if pname is None:
             continue
         p = model.get_parameter(pname)
         p.index_fill_(0, t, 0.0)
         ps = kept.setdefault(pname, ParamSurgery())
-        ps.zeroed[0] = sorted(set(ps.zeroed.get(0, [])) | set(idx))
+        ps.zeroed[0] = sorted(set(ps.zeroed.get(0, [])) | set(channels))
     if group.bn is not None:
         bn = model.get_submodule(group.bn)
         if bn.running_mean is not None:
             bn.running_mean.index_fill_(0, t, 0.0)
             bn.running_var.index_fill_(0, t, 1.0)
-    mask = _ensure_mask(_mask_point(model, group), group.name, group.num_filters, producer.weight)
+    mask = _ensure_mask(_mask_point(model, group), group, producer.weight)
     mask.mask.index_fill_(0, t, 0.0)
 
 
@@ -527,21 +543,15 @@ def random_plan(
     Every prunable layer with 2 or more filters gets ``int(fraction · filters)`` distinct
     random indices, or a uniformly random count in [0, filters − 1] when ``fraction`` is None.
     In ``full`` mode only the representative (first member) of a coupled group is planned,
-    since :func:`prune_filters` removes its channels from every member; in ``paper`` mode a
-    coupled layer whose channels reach a grouped conv is not planned, since paper mode masks
-    coupled layers and a mask over grouped channels is not supported. Raises ModelError when
-    the model has no prunable layer.
+    since :func:`prune_filters` removes its channels from every member. Raises ModelError
+    when the model has no prunable layer.
     """
     if fraction is not None and not 0.0 <= fraction < 1.0:
         raise ConfigError(f"plan fraction must lie in [0, 1), got {fraction!r}")
     info = analyze(model, example_input)
     if not set(info.groups) - info.output_layers:
         raise ModelError(f"model {type(model).__name__} has no prunable layer")
-    if mode == "full":
-        skip = {n for grp in info.coupled for n in grp[1:]}
-    else:
-        coupled = {n for grp in info.coupled for n in grp}
-        skip = {n for n in coupled if info.groups[n].channel_groups > 1}
+    skip = {n for grp in info.coupled for n in grp[1:]} if mode == "full" else set()
     plan = {}
     for name, group in info.groups.items():
         if name in info.output_layers or name in skip or group.num_filters < 2:

@@ -95,3 +95,28 @@ def test_check_on_the_block_passes_M_grasp_and_P2_in_both_modes(tmp_path):
         ("P2", "paper"),
     }
     assert all(r["verdict"] == "pass" for r in records), records
+
+
+def test_paper_mode_masks_a_coupled_layers_channel_units_whole():
+    """b.0 (a grouped conv, coupled to se_expand by the SE product) has filters of G = 2
+    channels; paper mode masks them: filter k zeroes channels k and k + 4, and
+    masked_channels reports filters, so a later round ranks only the unmasked ones."""
+    from gfverify.surgery import ChannelMask, masked_channels, prune_filters
+
+    model = _model().double().eval()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    prune_filters(model, {"b.0": torch.tensor([1, 3])}, x, "paper")
+    masks = {n: m for n, m in model.named_modules() if isinstance(m, ChannelMask)}
+    assert list(masks) == ["b.1.0.channel_mask"]
+    assert masks["b.1.0.channel_mask"].mask.tolist() == [1, 0, 1, 0, 1, 0, 1, 0]
+    assert masked_channels(model) == {"b.0": [1, 3]}
+    prune_filters(model, {"b.0": torch.tensor([0])}, x, "paper")
+    assert masked_channels(model) == {"b.0": [0, 1, 3]}
+    assert (model.b[0].weight.flatten(1).abs().sum(1) == 0).nonzero().flatten().tolist() == [
+        0,
+        1,
+        3,
+        4,
+        5,
+        7,
+    ]
