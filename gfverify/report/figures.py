@@ -762,7 +762,7 @@ def identity_figures(data: ReportData) -> list[FigureOut]:
         out.append(
             FigureOut(
                 "fig-identity",
-                "Identity claims: error vs step size",
+                "",  # the section heading already says what it would show
                 "",
                 note="not available: no identity result with step ladders",
             )
