@@ -308,3 +308,66 @@ def test_no_double_backward_is_a_one_line_model_error_naming_op_and_module():
     with pytest.raises(ModelError, match=r"hardsigmoid_backward.*'1'") as err:
         score(model, "grasp", [(x, torch.arange(6) % 3)], "weight", samples=6)
     assert "\n" not in str(err.value)
+
+
+class _Attention(nn.Module):
+    """Timm-style attention: one fused qkv Linear, reshape(B, N, 3, H, d), unbind, proj."""
+
+    def __init__(self, dim: int = 16, heads: int = 4):
+        super().__init__()
+        self.num_heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        a = (q @ k.transpose(-2, -1) * self.head_dim**-0.5).softmax(-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(b, n, self.num_heads * self.head_dim))
+
+
+class _TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.attn, self.fc = nn.Linear(6, 16), _Attention(16, 4), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.attn(self.embed(x))).mean(1))
+
+
+def test_metapruner_removes_the_heads_with_the_lowest_mean_gfverify_score():
+    """Head pruning where Torch-Pruning does it (num_heads, prune_num_heads): with our
+    Importance on the fused qkv layer, the heads kept are those whose mean magnitude over
+    their channels is highest, channel c scored ‖(q_c, k_c, v_c) rows and biases‖₂ (computed
+    here from the weights); the pruned qkv and proj are the kept rows / columns, bit for bit."""
+    torch.manual_seed(0)
+    model = _TokenNet().double().eval()
+    x = torch.randn(8, 5, 6, dtype=torch.float64)
+    batches = [(x, torch.arange(8) % 3)]
+    qkv_w, qkv_b = model.attn.qkv.weight.detach().clone(), model.attn.qkv.bias.detach().clone()
+    proj_w = model.attn.proj.weight.detach().clone()
+    dim, heads, d = 16, 4, 4
+    rows = torch.cat([qkv_w, qkv_b[:, None]], dim=1)
+    channel = torch.stack([rows[[c, c + dim, c + 2 * dim]].pow(2).sum().sqrt() for c in range(dim)])
+    kept_heads = channel.view(heads, d).mean(1).argsort(descending=True)[:2].sort().values
+    kept = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept_heads.tolist()])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = tp.pruner.MetaPruner(
+            model,
+            x[:1],
+            importance=Importance("magnitude", batches, qkv_layers=[model.attn.qkv]),
+            num_heads={model.attn.qkv: heads},
+            prune_num_heads=True,
+            prune_head_dims=False,
+            head_pruning_ratio=0.5,
+            ignored_layers=[model.fc, model.embed],
+        )
+        pruner.step()
+    model.attn.num_heads = pruner.num_heads[model.attn.qkv]
+    assert model.attn.num_heads == 2
+    kept_rows = torch.cat([kept + s * dim for s in range(3)])
+    assert torch.equal(model.attn.qkv.weight, qkv_w[kept_rows])
+    assert torch.equal(model.attn.qkv.bias, qkv_b[kept_rows])
+    assert torch.equal(model.attn.proj.weight, proj_w[:, kept])
+    assert model(x).shape == (8, 3)

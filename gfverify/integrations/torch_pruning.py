@@ -15,6 +15,18 @@ unit's score, so Torch-Pruning's mean over channel groups returns that score. A 
 layer gfverify can prune (the classifier, layers :func:`gfverify.groups.unprunable` lists)
 gets ``None``, which Torch-Pruning skips.
 
+Attention heads, where Torch-Pruning removes them (``MetaPruner(..., num_heads={qkv: H},
+prune_num_heads=True)`` on a hand-written attention whose fused ``qkv`` Linear feeds
+``reshape(B, N, 3, H, d)``): pass those layers as ``qkv_layers``. gfverify's own analysis leaves
+such a layer out (its channels pass through the reshape and unbind), so :class:`Importance`
+scores it on its own: channel c of the attention output is the filter unit {c, c + E, c + 2E}
+of q, k and v rows (E = out_features / 3), scored like any filter by the measure (for a
+measure with an outer function, of the unit's summed contributions: magnitude
+√(Σ over the three rows of θ²)); Torch-Pruning averages those over a head's d channels and
+removes the heads with the lowest mean. After ``pruner.step()`` the module's own head count
+must be set by hand (``attn.num_heads = pruner.num_heads[attn.qkv]``), as Torch-Pruning's
+documentation says.
+
 Scores are computed once per model state (parameter shapes and in-place versions) and reused
 for every group of one ``pruner.step()``; BatchNorm is in eval mode while scoring.
 """
@@ -28,8 +40,9 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
+from gfverify.errors import ModelError
 from gfverify.flow import Batch
-from gfverify.groups import analyze
+from gfverify.groups import FilterGroup, analyze
 from gfverify.measures import get_measure, score
 from gfverify.prune import combine_coupled
 
@@ -38,7 +51,8 @@ class Importance(tp.importance.Importance):
     """Torch-Pruning importance backed by gfverify measure ``measure`` on ``batches``.
 
     ``example_input`` (default: the first sample of ``batches``) traces gfverify's filter
-    groups; ``score_options`` go to :func:`gfverify.measures.score` (e.g. ``samples``,
+    groups; ``qkv_layers`` are fused q/k/v Linears whose heads Torch-Pruning may remove (module
+    docstring); ``score_options`` go to :func:`gfverify.measures.score` (e.g. ``samples``,
     ``include_bn``, ``hg_params``)."""
 
     def __init__(
@@ -46,11 +60,13 @@ class Importance(tp.importance.Importance):
         measure: str,
         batches: Sequence[Batch],
         example_input: Tensor | None = None,
+        qkv_layers: Sequence[nn.Module] = (),
         **score_options: Any,
     ) -> None:
         self.measure = get_measure(measure).name
         self.batches = list(batches)
         self.example_input = example_input
+        self.qkv_layers = list(qkv_layers)
         self.score_options = score_options
         self._key: tuple | None = None
         self._ranked: dict[str, Tensor] = {}
@@ -71,6 +87,7 @@ class Importance(tp.importance.Importance):
         x = self.example_input if self.example_input is not None else self.batches[0][0][:1]
         info = analyze(model, x)
         groups = {k: g for k, g in info.groups.items() if k not in info.output_layers}
+        groups.update(self._qkv_groups(model))
         raw = score(
             model, self.measure, self.batches, "filter", groups=groups, **self.score_options
         )
@@ -84,6 +101,33 @@ class Importance(tp.importance.Importance):
         self._groups = groups
         self._key = key
         return self._ranked
+
+    def _qkv_groups(self, model: nn.Module) -> dict[str, FilterGroup]:
+        """A :class:`FilterGroup` per fused qkv Linear: num_filters = E = out_features / 3
+        units of channel_groups = 3 rows (q, k and v of one attention-output channel)."""
+        names = {m: n for n, m in model.named_modules()}
+        out = {}
+        for layer in self.qkv_layers:
+            name = names.get(layer)
+            if name is None or not isinstance(layer, nn.Linear):
+                raise ModelError(f"qkv_layers: {layer!r} is not a Linear of this model")
+            if layer.out_features % 3:
+                raise ModelError(
+                    f"qkv layer {name!r}: {layer.out_features} outputs are not q, k and v of "
+                    "equal width"
+                )
+            out[name] = FilterGroup(
+                name=name,
+                weight=f"{name}.weight",
+                bias=f"{name}.bias" if layer.bias is not None else None,
+                bn=None,
+                bn_weight=None,
+                bn_bias=None,
+                tied=(),
+                num_filters=layer.out_features // 3,
+                channel_groups=3,
+            )
+        return out
 
     @torch.no_grad()
     def __call__(self, group: tp.dependency.Group) -> Tensor | None:
