@@ -229,6 +229,21 @@ def _check_reason(code: int | None, js: Path, err: str, out: str, timeout: int) 
         return None
     if code is None:
         return f"check timed out after {timeout} s"
+    if code < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
+        import signal
+
+        try:
+            sig = signal.Signals(-code).name
+        except ValueError:
+            sig = f"signal {-code}"
+        done = ""
+        try:
+            payload = json.loads(js.read_text())
+            pending = payload.get("claims_pending") or []
+            done = f" while running {pending[0]}" if pending else ""
+        except (OSError, json.JSONDecodeError, AttributeError):
+            pass
+        return f"check killed by {sig}{done} (on this machine: out of memory, see dmesg)"
     try:
         results = json.loads(js.read_text()).get("results", [])
     except (OSError, json.JSONDecodeError):
@@ -299,6 +314,7 @@ def table(names: list[str]) -> dict[str, Any]:
         "check_exit_1": sum(r.get("check_exit") == 1 for r in rows),
         "check_exit_2": sum(r.get("check_exit") == 2 for r in rows),
         "check_timeout_or_not_run": sum(r.get("check_exit") is None for r in rows),
+        "check_killed_by_signal": sum((r.get("check_exit") or 0) < 0 for r in rows),
         "pruned_30pct": sum("macs_after" in r for r in rows),
         "with_reason": sum(bool(r.get("reason") or r.get("check_reason")) for r in rows),
         "tracebacks": sum(bool(r.get("probe_traceback") or r.get("check_traceback")) for r in rows),
