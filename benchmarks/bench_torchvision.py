@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -230,8 +231,6 @@ def _check_reason(code: int | None, js: Path, err: str, out: str, timeout: int) 
     if code is None:
         return f"check timed out after {timeout} s"
     if code < 0:  # e.g. SIGKILL from the kernel's out-of-memory killer
-        import signal
-
         try:
             sig = signal.Signals(-code).name
         except ValueError:

@@ -51,7 +51,7 @@ def environment() -> dict:
     import torch
 
     from gfverify import __version__
-    from gfverify.runs import cpu_model
+    from gfverify.runs import cpu_capability, cpu_model
 
     try:
         commit = subprocess.run(
@@ -73,7 +73,7 @@ def environment() -> dict:
         "device": "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(),
         "cpu": cpu_model(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_capability": cpu_capability(),
         "git_commit": commit or None,
     }
 

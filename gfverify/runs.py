@@ -192,9 +192,8 @@ def environment(config: RunConfig | None = None) -> dict[str, Any]:
                 "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
                 "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
                 "num_threads": torch.get_num_threads(),
-                # the SIMD kernels ATen dispatched to (ATEN_CPU_CAPABILITY overrides): runs on
-                # different kernels round differently, and training trajectories diverge
-                "cpu_capability": _cpu_capability(),
+                # runs on different kernels round differently, and trajectories diverge
+                "cpu_capability": cpu_capability(),
             }
         except Exception as exc:  # noqa: BLE001 - the record must never break a run
             env["determinism_error"] = f"{type(exc).__name__}: {exc}"
@@ -395,7 +394,7 @@ class RunDir:
                 "num_threads": threads,
                 "hostname": socket.gethostname(),
                 "cpu": cpu_model(),
-                "cpu_capability": _cpu_capability(),
+                "cpu_capability": cpu_capability(),
                 "time": _now(),
             }
         )
@@ -442,11 +441,14 @@ def update_env(run_dir: str | Path, **fields: Any) -> None:
     gio.atomic_write_json(path, env)
 
 
-def _cpu_capability() -> str | None:
-    """The SIMD level of ATen's CPU kernels if torch is imported, else None."""
+def cpu_capability() -> str | None:
+    """The SIMD level of ATen's CPU kernels (``ATEN_CPU_CAPABILITY`` overrides it) if torch is
+    imported, else None (this module does not import torch itself)."""
     torch = sys.modules.get("torch")
+    if torch is None:
+        return None
     with contextlib.suppress(Exception):
-        return str(torch.backends.cpu.get_cpu_capability()) if torch is not None else None
+        return str(torch.backends.cpu.get_cpu_capability())
     return None
 
 

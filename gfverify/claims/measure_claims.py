@@ -187,7 +187,7 @@ def reference_scores(problem: FlowProblem, name: str) -> dict[str, Tensor]:
             c, outer = params[group.bn_weight].detach().abs(), None
         else:
             raise KeyError(name)
-        if group.channel_groups > 1:
+        if group.channel_groups > 1:  # written out, not FilterGroup.fold: an independent reference
             c = c.reshape(group.channel_groups, group.num_filters).sum(dim=0)
         v = c if outer is None else outer(c)
         out[lname] = v

@@ -705,7 +705,7 @@ def _environment(claims: Sequence[ClaimsFile], runs: Sequence[Run]) -> dict[str,
             commit = f"{commit} (uncommitted changes)"
         add("git commit", commit, src)
         add("platform", e.get("platform"), src)
-        if r.device == "cpu" or str(r.device).startswith("cpu"):
+        if str(r.device).startswith("cpu"):
             add("CPU", e.get("cpu"), src)
             add("CPU kernels (ATen)", (e.get("determinism") or {}).get("cpu_capability"), src)
     out: dict[str, list[str]] = {}
